@@ -1,0 +1,739 @@
+#!/usr/bin/env python3
+"""Funding data health check: the seed's 8 checks, its report, and bounded auto-recovery.
+
+Run once per minute by funding-health-check.timer as the service user (not
+root). Prints the report (INFO / WARNINGS / ERRORS / STATUS) to stdout, which
+lands in `journalctl -u funding-health-check`; exits 0 when healthy, 1 when not.
+
+Checks, in the seed's order:
+  1. binance-funding-ws.service is active
+  2. the daemon is connected (connection_status.connected)
+  3. at least FUNDING_MIN_SYMBOLS symbols
+  4. symbols older than FUNDING_STALE_SECONDS (warning)
+  5. NULL funding rate or mark price (error)
+  6. last market data older than FUNDING_MAX_MESSAGE_AGE_SECONDS (error)
+  7. binance-funding-api.service is active and /funding/health answers
+  8. spot check of one symbol (BTCUSDT) against Binance REST premiumIndex
+
+Spot-check rules. Binance's funding rate is a live predicted rate that moves
+every few seconds, and REST and the stream are read at different moments, so
+each side's timestamp (REST `time`, our `eventTime`) is part of the judgement:
+  - funding rate: a difference below 1e-7 is a match. A difference larger than
+    MAX_PLAUSIBLE_RATE_MOVE (0.0005) is an error whatever the timestamps say
+    (a live rate never moves that far in seconds; think "a price stored as a
+    rate"). A smaller difference is a warning ("the rate moved between the two
+    reads") when the two timestamps are more than FUNDING_SPOT_SAME_MOMENT_SECONDS
+    apart, and an error when they are not (same moment, different rate).
+  - mark price: under FUNDING_PRICE_WARN_PERCENT (0.1 %) fine, up to
+    FUNDING_PRICE_ERROR_PERCENT (1 %) a warning, above it an error; the line says
+    so when the two timestamps are more than FUNDING_SPOT_TIME_GAP_SECONDS apart.
+
+Recovery rules (never with --no-restart):
+  - a unit that is inactive or failed is restarted;
+  - an active daemon without fresh data: ping Binance REST first. If REST is
+    unreachable too, this is an upstream outage: reported, daemon left alone.
+    If REST answers and the daemon has had no data for longer than
+    FUNDING_DAEMON_STUCK_SECONDS (longer than its own reconnect backoff cap, so
+    it gets to heal itself first), it is restarted;
+  - an active API whose /funding/health does not answer at all is restarted
+    (a 503 is the API reporting the daemon's state, not a reason);
+  - a connected daemon with fresh data is never restarted;
+  - at most FUNDING_MAX_RESTARTS restarts per unit in FUNDING_RESTART_WINDOW_MINUTES,
+    counted in FUNDING_MONITOR_STATE_FILE; past that it reports and stops trying.
+Restarts run `<FUNDING_SUDO> -n <FUNDING_SYSTEMCTL> restart <unit>`, exactly what
+the sudoers drop-in grants, then wait up to FUNDING_RESTART_WAIT_SECONDS for
+`is-active` to say active.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import funding_settings
+from funding_rest import BinanceRest, JsonHttpClient, PremiumIndex, RestError
+from funding_settings import Setting
+from funding_state import StateFileError, read_state, write_state_atomic
+
+PROG = "funding_health_monitor"
+BANNER = "=" * 100
+FUNDING_RATE_MATCH = 1e-7
+MAX_PLAUSIBLE_RATE_MOVE = 0.0005
+RESTART_POLL_SECONDS = 0.5
+UNIT_NAME = re.compile(r"^[A-Za-z0-9:_.@-]+\.service$")
+
+
+def absolute_path(text: str) -> str:
+    if not os.path.isabs(text):
+        raise ValueError("must be an absolute path (the sudoers rule matches it exactly)")
+    return text
+
+
+def unit_name(text: str) -> str:
+    if not UNIT_NAME.match(text):
+        raise ValueError("must be a systemd service name like name.service")
+    return text
+
+
+SETTINGS: Tuple[Setting, ...] = (
+    funding_settings.LOG_LEVEL,
+    funding_settings.STATE_FILE,
+    Setting("FUNDING_API_URL", "http://127.0.0.1:8888", "base URL of the local funding API",
+            funding_settings.url_with_scheme("http", "https")),
+    Setting("FUNDING_REST_URL", "https://fapi.binance.com", "base URL of Binance USDⓈ-M REST",
+            funding_settings.url_with_scheme("http", "https")),
+    Setting("FUNDING_STALE_SECONDS", "180", "a symbol older than this is stale (warning)",
+            funding_settings.positive_float),
+    Setting("FUNDING_MIN_SYMBOLS", "500", "fewer symbols than this is an error", funding_settings.positive_int),
+    Setting("FUNDING_MAX_MESSAGE_AGE_SECONDS", "60", "no market data for longer than this is an error",
+            funding_settings.positive_float),
+    Setting("FUNDING_HTTP_TIMEOUT_SECONDS", "5", "timeout of each HTTP request", funding_settings.positive_float),
+    Setting("FUNDING_SPOT_CHECK_SYMBOL", "BTCUSDT", "symbol compared against Binance REST"),
+    Setting("FUNDING_PRICE_WARN_PERCENT", "0.1", "spot-check mark price difference that is a warning",
+            funding_settings.positive_float),
+    Setting("FUNDING_PRICE_ERROR_PERCENT", "1.0", "spot-check mark price difference that is an error",
+            funding_settings.positive_float),
+    Setting("FUNDING_SPOT_SAME_MOMENT_SECONDS", "1", "REST and local values closer than this are the same moment",
+            funding_settings.non_negative_float),
+    Setting("FUNDING_SPOT_TIME_GAP_SECONDS", "5", "REST and local timestamps further apart than this are noted",
+            funding_settings.positive_float),
+    Setting("FUNDING_DAEMON_STUCK_SECONDS", "180",
+            "restart an active daemon only after this long without data (REST reachable)",
+            funding_settings.positive_float),
+    Setting("FUNDING_MAX_RESTARTS", "3", "restarts allowed per unit within the window", funding_settings.positive_int),
+    Setting("FUNDING_RESTART_WINDOW_MINUTES", "30", "window of the restart limit", funding_settings.positive_float),
+    Setting("FUNDING_RESTART_WAIT_SECONDS", "20", "how long to wait for a restarted unit to become active",
+            funding_settings.positive_float),
+    Setting("FUNDING_SYSTEMCTL_TIMEOUT_SECONDS", "30", "timeout of each systemctl/sudo call",
+            funding_settings.positive_float),
+    Setting("FUNDING_SYSTEMCTL", "/usr/bin/systemctl", "absolute path of systemctl", absolute_path),
+    Setting("FUNDING_SUDO", "/usr/bin/sudo", "absolute path of sudo", absolute_path),
+    Setting("FUNDING_MONITOR_STATE_FILE", "/var/lib/binance-funding/monitor-restarts.json",
+            "restart history (JSON, written atomically)", absolute_path),
+    Setting("FUNDING_WS_UNIT", "binance-funding-ws.service", "unit of the WebSocket daemon", unit_name),
+    Setting("FUNDING_API_UNIT", "binance-funding-api.service", "unit of the HTTP API", unit_name),
+)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _age(timestamp: Any, now: float) -> Optional[float]:
+    return max(0.0, now - timestamp) if _is_number(timestamp) else None
+
+
+def _clock(epoch_seconds: float) -> str:
+    return datetime.fromtimestamp(epoch_seconds).strftime("%H:%M:%S")
+
+
+# --------------------------------------------------------------------------- report
+
+
+@dataclass
+class Report:
+    started_at: float
+    info: List[str] = field(default_factory=list)
+    warnings: List[str] = field(default_factory=list)
+    errors: List[str] = field(default_factory=list)
+    checks: Dict[str, Any] = field(default_factory=dict)
+    restarts: List[Dict[str, Any]] = field(default_factory=list)
+    upstream_outage: bool = False
+
+    def add_info(self, line: str) -> None:
+        self.info.append(line)
+
+    def warn(self, line: str) -> None:
+        self.warnings.append(line)
+
+    def error(self, line: str) -> None:
+        self.errors.append(line)
+
+    @property
+    def healthy(self) -> bool:
+        return not self.errors
+
+    @property
+    def timestamp(self) -> str:
+        return datetime.fromtimestamp(self.started_at).strftime("%Y-%m-%d %H:%M:%S")
+
+    def render_text(self) -> str:
+        lines = [BANNER, "Funding Data Health Check - %s" % self.timestamp, BANNER, ""]
+        for header, entries in (("✅ INFO:", self.info), ("⚠️  WARNINGS:", self.warnings), ("❌ ERRORS:", self.errors)):
+            if entries:
+                lines.append(header)
+                lines.extend("  " + entry for entry in entries)
+                lines.append("")
+        lines.append("✅ STATUS: HEALTHY" if self.healthy else "❌ STATUS: UNHEALTHY - ACTION REQUIRED")
+        lines.append(BANNER)
+        return "\n".join(lines)
+
+    def to_json(self) -> Dict[str, Any]:
+        return {
+            "timestamp": self.timestamp,
+            "checked_at": self.started_at,
+            "healthy": self.healthy,
+            "status": "HEALTHY" if self.healthy else "UNHEALTHY",
+            "info": list(self.info),
+            "warnings": list(self.warnings),
+            "errors": list(self.errors),
+            "upstream_outage": self.upstream_outage,
+            "restarts": list(self.restarts),
+            "checks": dict(self.checks),
+        }
+
+
+# --------------------------------------------------------------------------- systemctl
+
+
+@dataclass(frozen=True)
+class UnitState:
+    state: Optional[str]  # is-active's answer ("active", "inactive", "failed", ...); None if unknown
+    error: Optional[str] = None  # why the state could not be read
+
+    @property
+    def active(self) -> bool:
+        return self.state in ("active", "reloading")
+
+    @property
+    def stopped(self) -> bool:
+        """Known not running and not being started by systemd itself."""
+        return self.state in ("inactive", "failed")
+
+
+class Systemctl:
+    def __init__(self, systemctl: str, sudo: str, timeout: float) -> None:
+        self.systemctl = systemctl
+        self.sudo = sudo
+        self.timeout = timeout
+
+    def _run(self, argv: Sequence[str]) -> "Tuple[Optional[subprocess.CompletedProcess[str]], Optional[str]]":
+        try:
+            done = subprocess.run(
+                list(argv), capture_output=True, text=True, timeout=self.timeout, stdin=subprocess.DEVNULL, check=False
+            )
+        except FileNotFoundError:
+            return None, "%s not found" % argv[0]
+        except PermissionError:
+            return None, "%s is not executable" % argv[0]
+        except subprocess.TimeoutExpired:
+            return None, "%s did not finish within %gs" % (" ".join(argv), self.timeout)
+        except OSError as exc:
+            return None, "cannot run %s: %s" % (argv[0], exc.strerror or exc)
+        return done, None
+
+    def is_active(self, unit: str) -> UnitState:
+        done, error = self._run([self.systemctl, "is-active", unit])
+        if done is None:
+            return UnitState(None, error)
+        words = done.stdout.split()
+        if not words:
+            detail = _last_line(done.stderr) or "exit status %d" % done.returncode
+            return UnitState(None, "systemctl is-active %s gave no state (%s)" % (unit, detail))
+        return UnitState(words[0])
+
+    def restart(self, unit: str) -> Optional[str]:
+        """None if the restart command succeeded, else why it failed."""
+        done, error = self._run([self.sudo, "-n", self.systemctl, "restart", unit])
+        if done is None:
+            return error
+        if done.returncode != 0:
+            return _last_line(done.stderr) or _last_line(done.stdout) or "exit status %d" % done.returncode
+        return None
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+# --------------------------------------------------------------------------- restart history
+
+
+class RestartHistory:
+    """When each unit was restarted, within the window; a small JSON file written atomically."""
+
+    def __init__(self, path: str, window_seconds: float) -> None:
+        self.path = path
+        self.window_seconds = window_seconds
+        self.restarts: Dict[str, List[float]] = {}
+
+    def load(self) -> Optional[str]:
+        """Read the file; return a warning if it was unusable and has been reset."""
+        try:
+            with open(self.path, "rb") as handle:
+                payload = json.loads(handle.read())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, UnicodeDecodeError) as exc:
+            return "Restart history %s was unreadable (%s); starting a new one" % (self.path, _short(exc))
+        restarts = payload.get("restarts") if isinstance(payload, dict) else None
+        if not isinstance(restarts, dict) or not all(
+            isinstance(times, list) and all(_is_number(t) for t in times) for times in restarts.values()
+        ):
+            return "Restart history %s was not in the expected format; starting a new one" % self.path
+        self.restarts = {str(unit): [float(t) for t in times] for unit, times in restarts.items()}
+        return None
+
+    def recent(self, unit: str, now: float) -> List[float]:
+        return [t for t in self.restarts.get(unit, []) if now - self.window_seconds < t <= now + 60]
+
+    def record(self, unit: str, now: float) -> None:
+        """Add a restart and save; raise OSError if it cannot be saved."""
+        pruned = {u: self.recent(u, now) for u in self.restarts}
+        pruned[unit] = [*pruned.get(unit, []), now]
+        write_state_atomic(self.path, {"restarts": {u: times for u, times in pruned.items() if times}})
+        self.restarts = pruned
+
+
+def _short(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or str(exc).splitlines()[0][:200]
+
+
+# --------------------------------------------------------------------------- the checks
+
+
+@dataclass
+class FeedFacts:
+    """What the state file says about the daemon, for the recovery decision."""
+
+    readable: bool = False
+    connected: Optional[bool] = None
+    data_age: Optional[float] = None  # seconds since the last market data
+    no_data_for: Optional[float] = None  # seconds the daemon has gone without data (since data or its start)
+    record: Optional[Dict[str, Any]] = None  # the spot-check symbol's record
+
+    def fresh(self, max_age: float) -> bool:
+        return bool(self.connected) and self.data_age is not None and self.data_age <= max_age
+
+
+class HealthMonitor:
+    def __init__(self, config: Mapping[str, Any], no_restart: bool, now: Optional[float] = None) -> None:
+        self.config = config
+        self.no_restart = no_restart
+        self.now = time.time() if now is None else now
+        self.report = Report(self.now)
+        timeout = config["FUNDING_HTTP_TIMEOUT_SECONDS"]
+        self.systemctl = Systemctl(
+            config["FUNDING_SYSTEMCTL"], config["FUNDING_SUDO"], config["FUNDING_SYSTEMCTL_TIMEOUT_SECONDS"]
+        )
+        self.rest = BinanceRest(config["FUNDING_REST_URL"], timeout)
+        self.api = JsonHttpClient(config["FUNDING_API_URL"], timeout)
+        self.history = RestartHistory(
+            config["FUNDING_MONITOR_STATE_FILE"], config["FUNDING_RESTART_WINDOW_MINUTES"] * 60
+        )
+        self._history_loaded = False
+        self._rest_ping_error: Optional[str] = None
+
+    def close(self) -> None:
+        self.rest.close()
+        self.api.close()
+
+    def run(self) -> Report:
+        c = self.config
+        ws_unit, api_unit = c["FUNDING_WS_UNIT"], c["FUNDING_API_UNIT"]
+        ws = self.check_service(ws_unit, "ws_service", "WebSocket daemon service")
+        facts = self.check_state()
+        ws_restart_reason = self.daemon_restart_reason(ws, facts)
+        api = self.check_service(api_unit, "api_service", "API server service")
+        api_answers = self.check_api_health()
+        api_restart_reason = None
+        if api.stopped:
+            api_restart_reason = "unit is %s" % api.state
+        elif api.active and not api_answers:
+            api_restart_reason = "API does not answer"
+        self.check_spot(facts)
+        if ws_restart_reason:
+            self.restart(ws_unit, ws_restart_reason)
+        if api_restart_reason:
+            self.restart(api_unit, api_restart_reason)
+        return self.report
+
+    # 1 and 7: the units
+    def check_service(self, unit: str, key: str, label: str) -> UnitState:
+        state = self.systemctl.is_active(unit)
+        self.report.checks[key] = {"unit": unit, "state": state.state, "error": state.error}
+        if state.error:
+            self.report.error("Cannot check %s (%s): %s" % (label, unit, state.error))
+        elif state.active:
+            self.report.add_info("%s is running" % label)
+        elif state.stopped:
+            self.report.error("%s is NOT running (%s is %s)" % (label, unit, state.state))
+        else:
+            self.report.warn("%s is %s; systemd is handling it, not restarting" % (label, state.state))
+        return state
+
+    # 2-6: the state file
+    def check_state(self) -> FeedFacts:
+        c = self.config
+        path = c["FUNDING_STATE_FILE"]
+        facts = FeedFacts()
+        try:
+            payload = read_state(path)
+        except StateFileError as exc:
+            self.report.checks["state_file"] = {"path": path, "ok": False, "error": str(exc)}
+            self.report.error("Cannot read state file: %s" % exc)
+            facts.no_data_for = _age(_mtime(path), self.now)
+            return facts
+        self.report.checks["state_file"] = {"path": path, "ok": True, "error": None}
+        facts.readable = True
+        status = payload["connection_status"]
+        symbols = payload["funding_state"]
+        now = self.now
+
+        facts.connected = status.get("connected") is True
+        if facts.connected:
+            self.report.add_info("WebSocket is connected to Binance")
+        else:
+            self.report.error("WebSocket is NOT connected to Binance")
+            disconnected_for = _age(status.get("last_disconnect_time"), now)
+            if disconnected_for is not None:
+                self.report.error("Disconnected for %.0f seconds" % disconnected_for)
+
+        count = len(symbols)
+        if count >= c["FUNDING_MIN_SYMBOLS"]:
+            self.report.add_info("%d symbols tracked" % count)
+        else:
+            self.report.error("Only %d symbols tracked (expected at least %d)" % (count, c["FUNDING_MIN_SYMBOLS"]))
+
+        messages = status.get("messages_received")
+        if _is_number(messages):
+            self.report.add_info("%d messages processed" % messages)
+
+        # Liveness is market data arriving, not messages: the retired endpoint sends acks and nothing else.
+        data_key = "last_data_time" if "last_data_time" in status else "last_message_time"
+        facts.data_age = _age(status.get(data_key), now)
+        message_age = _age(status.get("last_message_time"), now)
+        max_age = c["FUNDING_MAX_MESSAGE_AGE_SECONDS"]
+        if facts.data_age is None:
+            self.report.error("No messages received yet")
+        elif facts.data_age <= max_age:
+            self.report.add_info("Last message %.0fs ago" % facts.data_age)
+        else:
+            line = "No messages received for %.0f seconds" % facts.data_age
+            if data_key == "last_data_time" and message_age is not None and message_age <= max_age:
+                line += " (the connection still gets other messages, but no market data)"
+            self.report.error(line)
+        started_age = _age(status.get("daemon_started_at"), now)
+        candidates = [a for a in (facts.data_age, started_age) if a is not None]
+        facts.no_data_for = min(candidates) if candidates else None
+
+        stale = null_rate = null_price = 0
+        for record in symbols.values():
+            age = _age(record.get("updatedAt"), now)
+            if age is not None and age > c["FUNDING_STALE_SECONDS"]:
+                stale += 1
+            if record.get("fundingRate") is None:
+                null_rate += 1
+            if record.get("markPrice") is None:
+                null_price += 1
+        if stale:
+            self.report.warn("%d symbols have stale data (>%.0fs old)" % (stale, c["FUNDING_STALE_SECONDS"]))
+        if null_rate:
+            self.report.error("%d symbols have NULL funding rate" % null_rate)
+        if null_price:
+            self.report.error("%d symbols have NULL mark price" % null_price)
+
+        record = symbols.get(c["FUNDING_SPOT_CHECK_SYMBOL"])
+        facts.record = record if isinstance(record, dict) else None
+        self.report.checks.update(
+            connected=facts.connected,
+            symbol_count=count,
+            messages_received=messages if _is_number(messages) else None,
+            last_data_age_seconds=_round(facts.data_age),
+            stale_symbols=stale,
+            null_funding_rate=null_rate,
+            null_mark_price=null_price,
+        )
+        return facts
+
+    def daemon_restart_reason(self, ws: UnitState, facts: FeedFacts) -> Optional[str]:
+        if ws.stopped:
+            return "unit is %s" % ws.state
+        if not ws.active or facts.fresh(self.config["FUNDING_MAX_MESSAGE_AGE_SECONDS"]):
+            return None  # unknown state, systemd busy with it, or healthy: never restart a healthy daemon
+        if not self.rest_reachable():
+            self.report.upstream_outage = True
+            self.report.error(
+                "UPSTREAM OUTAGE: Binance REST is unreachable too (%s); not restarting the daemon, "
+                "it reconnects by itself" % self._rest_ping_error
+            )
+            return None
+        stuck_after = self.config["FUNDING_DAEMON_STUCK_SECONDS"]
+        if facts.no_data_for is None:
+            self.report.warn("Cannot tell how long the daemon has been without data; not restarting it")
+            return None
+        if facts.no_data_for <= stuck_after:
+            self.report.warn(
+                "Daemon has had no data for %.0fs while Binance REST answers; it has until %.0fs to "
+                "recover by itself before a restart" % (facts.no_data_for, stuck_after)
+            )
+            return None
+        return "no market data for %.0fs while Binance REST answers" % facts.no_data_for
+
+    def rest_reachable(self) -> bool:
+        try:
+            elapsed = self.rest.ping()
+        except RestError as exc:
+            self._rest_ping_error = str(exc)
+            self.report.checks["rest_ping"] = {"ok": False, "error": str(exc)}
+            return False
+        self.report.checks["rest_ping"] = {"ok": True, "error": None, "elapsed_ms": round(elapsed * 1000, 1)}
+        return True
+
+    # 7: the API answers
+    def check_api_health(self) -> bool:
+        """Report /funding/health; return False only if it did not answer at all."""
+        entry: Dict[str, Any] = {"http_status": None, "status": None, "symbol_count": None, "error": None}
+        self.report.checks["api_health"] = entry
+        try:
+            response = self.api.get("/funding/health", ok_statuses=(200, 503))
+        except RestError as exc:
+            entry["error"] = str(exc)
+            self.report.error("API health check failed: %s" % exc)
+            return exc.kind != RestError.UNREACHABLE
+        entry["http_status"] = response.status
+        body = response.body if isinstance(response.body, dict) else {}
+        status = body.get("status") if isinstance(body.get("status"), str) else None
+        entry["status"] = status
+        if response.status == 200:
+            self.report.add_info("API health check: %s" % (status or "ok"))
+        else:
+            self.report.error("API health check: %s (HTTP %d)" % (status or "unhealthy", response.status))
+        count = body.get("symbolCount")
+        if _is_number(count):
+            entry["symbol_count"] = count
+            self.report.add_info("API reports %d symbols" % count)
+        return True
+
+    # 8: the spot check
+    def check_spot(self, facts: FeedFacts) -> None:
+        symbol = self.config["FUNDING_SPOT_CHECK_SYMBOL"]
+        result: Dict[str, Any] = {"symbol": symbol}
+        self.report.checks["spot_check"] = result
+        if self.report.upstream_outage:
+            result["error"] = "Binance REST unreachable"
+            self.report.warn("Data quality check skipped: Binance REST is unreachable")
+            return
+        try:
+            rest = self.rest.premium_index(symbol)
+        except RestError as exc:
+            result["error"] = str(exc)
+            self.report.error("Data quality check failed: cannot get %s from Binance REST: %s" % (symbol, exc))
+            return
+        local, source = self.local_record(symbol, facts)
+        result["source"] = source
+        if local is None:
+            result["error"] = source
+            self.report.error("Data quality check: %s not available locally (%s)" % (symbol, source))
+            return
+        self.compare(symbol, rest, local, result)
+
+    def local_record(self, symbol: str, facts: FeedFacts) -> "Tuple[Optional[Dict[str, Any]], str]":
+        try:
+            response = self.api.get("/funding/%s" % symbol)
+            body = response.body
+            if isinstance(body, dict) and _is_number(body.get("markPrice")):
+                merged = dict(facts.record or {})
+                merged.update({k: v for k, v in body.items() if v is not None or k == "fundingRate"})
+                return merged, "api"
+            problem = "API answer has no markPrice"
+        except RestError as exc:
+            problem = "API: %s" % exc
+        if facts.record is not None:
+            self.report.add_info("Data quality check: using the state file for %s (%s)" % (symbol, problem))
+            return facts.record, "state_file"
+        return None, "%s; not in the state file either" % problem
+
+    def compare(self, symbol: str, rest: PremiumIndex, local: Mapping[str, Any], result: Dict[str, Any]) -> None:
+        c = self.config
+        local_rate = local.get("fundingRate")
+        local_price = local.get("markPrice")
+        event_ms = local.get("eventTime")
+        if not _is_number(event_ms) and _is_number(local.get("updatedAt")):
+            event_ms = local["updatedAt"] * 1000.0
+        gap = abs(rest.time_ms - event_ms) / 1000.0 if _is_number(event_ms) else None
+        result.update(
+            rest_funding_rate=rest.funding_rate,
+            local_funding_rate=local_rate,
+            rest_mark_price=rest.mark_price,
+            local_mark_price=local_price,
+            rest_time_ms=rest.time_ms,
+            local_event_time_ms=event_ms,
+            time_gap_seconds=_round(gap),
+        )
+        gap_note = ""
+        if gap is not None and gap > c["FUNDING_SPOT_TIME_GAP_SECONDS"]:
+            gap_note = "; REST time and local eventTime are %.0fs apart" % gap
+        elif gap is None:
+            gap_note = "; local data has no timestamp"
+
+        # Funding rate.
+        if not _is_number(local_rate) or rest.funding_rate is None:
+            result["funding_rate_verdict"] = "missing"
+            self.report.error(
+                "Data quality: %s funding rate missing (REST %s, local %s)" % (symbol, rest.funding_rate, local_rate)
+            )
+        else:
+            diff = abs(rest.funding_rate - local_rate)
+            result["funding_rate_diff"] = diff
+            detail = "REST %.8f at %s, local %.8f at %s" % (
+                rest.funding_rate, _clock(rest.time_ms / 1000.0), local_rate,
+                _clock(event_ms / 1000.0) if _is_number(event_ms) else "unknown time",
+            )
+            if diff < FUNDING_RATE_MATCH:
+                result["funding_rate_verdict"] = "match"
+                self.report.add_info("Data quality check: %s funding rate matches REST API" % symbol)
+            elif diff > MAX_PLAUSIBLE_RATE_MOVE:
+                result["funding_rate_verdict"] = "wrong"
+                self.report.error(
+                    "Data quality: %s funding rate differs from REST API by %.8f, far more than a live rate "
+                    "moves between two reads (%s)" % (symbol, diff, detail)
+                )
+            elif gap is not None and gap > c["FUNDING_SPOT_SAME_MOMENT_SECONDS"]:
+                result["funding_rate_verdict"] = "moved"
+                self.report.warn(
+                    "Data quality: %s funding rate moved between the two reads (%s, %.1fs apart)"
+                    % (symbol, detail, gap)
+                )
+            else:
+                result["funding_rate_verdict"] = "mismatch"
+                self.report.error(
+                    "Data quality: %s funding rate differs from REST API at the same moment (%s)" % (symbol, detail)
+                )
+
+        # Mark price.
+        if not _is_number(local_price):
+            result["price_verdict"] = "missing"
+            self.report.error("Data quality: %s has no local mark price" % symbol)
+            return
+        price_diff = abs(rest.mark_price - local_price)
+        percent = price_diff / rest.mark_price * 100.0
+        result.update(price_diff=price_diff, price_diff_percent=percent)
+        if percent < c["FUNDING_PRICE_WARN_PERCENT"]:
+            result["price_verdict"] = "ok"
+            self.report.add_info(
+                "Data quality check: %s price diff $%.2f (%.3f%%)%s" % (symbol, price_diff, percent, gap_note)
+            )
+        elif percent <= c["FUNDING_PRICE_ERROR_PERCENT"]:
+            result["price_verdict"] = "warning"
+            self.report.warn(
+                "Data quality: %s price differs by $%.2f (%.3f%%)%s" % (symbol, price_diff, percent, gap_note)
+            )
+        else:
+            result["price_verdict"] = "error"
+            self.report.error(
+                "Data quality: %s price differs by $%.2f (%.3f%%), more than %g%%%s"
+                % (symbol, price_diff, percent, c["FUNDING_PRICE_ERROR_PERCENT"], gap_note)
+            )
+
+    # recovery
+    def restart(self, unit: str, reason: str) -> None:
+        action: Dict[str, Any] = {"unit": unit, "reason": reason, "result": None, "detail": None}
+        self.report.restarts.append(action)
+        if self.no_restart:
+            action["result"] = "disabled"
+            self.report.warn("Would restart %s (%s); auto-restart is off (--no-restart)" % (unit, reason))
+            return
+        if not self._history_loaded:
+            self._history_loaded = True
+            problem = self.history.load()
+            if problem:
+                self.report.warn(problem)
+        now = time.time()
+        recent = self.history.recent(unit, now)
+        limit = self.config["FUNDING_MAX_RESTARTS"]
+        if len(recent) >= limit:
+            action["result"] = "limit_reached"
+            self.report.error(
+                "Restart limit reached for %s: %d restarts in the last %g minutes; not restarting it again "
+                "(manual action required)" % (unit, len(recent), self.config["FUNDING_RESTART_WINDOW_MINUTES"])
+            )
+            return
+        try:
+            self.history.record(unit, now)
+        except (OSError, ValueError) as exc:
+            action["result"] = "history_error"
+            action["detail"] = _short(exc)
+            self.report.error(
+                "Cannot record the restart in %s (%s); not restarting %s without a restart limit"
+                % (self.history.path, _short(exc), unit)
+            )
+            return
+        self.report.add_info("Attempting to restart %s (%s)..." % (unit, reason))
+        error = self.systemctl.restart(unit)
+        if error is None:
+            state = self.wait_until_active(unit)
+            if state.active:
+                action["result"] = "restarted"
+                self.report.add_info("✅ Successfully restarted %s" % unit)
+                return
+            error = "still %s after %gs" % (
+                state.state or state.error, self.config["FUNDING_RESTART_WAIT_SECONDS"]
+            )
+        action["result"] = "failed"
+        action["detail"] = error
+        self.report.error("❌ Failed to restart %s: %s" % (unit, error))
+
+    def wait_until_active(self, unit: str) -> UnitState:
+        deadline = time.monotonic() + self.config["FUNDING_RESTART_WAIT_SECONDS"]
+        while True:
+            state = self.systemctl.is_active(unit)
+            if state.active or state.error or time.monotonic() >= deadline:
+                return state
+            time.sleep(RESTART_POLL_SECONDS)
+
+
+def _mtime(path: str) -> Optional[float]:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return None
+
+
+def _round(value: Optional[float]) -> Optional[float]:
+    return None if value is None else round(value, 3)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the result as JSON instead of the report")
+    parser.add_argument("--no-restart", action="store_true", help="only look: never restart a unit")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args, config = funding_settings.load(
+        PROG, "Check the funding data services, report, and restart what is broken (bounded).", SETTINGS, argv,
+        add_arguments,
+    )
+    log = funding_settings.setup_logging(config["FUNDING_LOG_LEVEL"], PROG)
+    monitor = HealthMonitor(config, no_restart=args.no_restart)
+    try:
+        report = monitor.run()
+    except Exception as exc:  # a monitor must report, never die with a traceback
+        log.debug("internal error", exc_info=True)
+        report = monitor.report
+        report.error("Health check could not finish: internal error: %s" % exc)
+    finally:
+        monitor.close()
+    for action in report.restarts:
+        log.info("restart %s (%s): %s%s", action["unit"], action["reason"], action["result"],
+                 (": %s" % action["detail"]) if action["detail"] else "")
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2, sort_keys=True))
+    else:
+        print(report.render_text())
+    sys.stdout.flush()
+    return 0 if report.healthy else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
