@@ -59,6 +59,10 @@ CONNECTION_STATUS_DEFAULTS: Dict[str, Any] = {
     "items_rejected": 0,
     "items_skipped_no_funding": 0,
     "connections_opened": 0,
+    "items_out_of_order": 0,
+    "rotations": 0,
+    "state_write_errors": 0,
+    "last_state_write_error": None,
     "ws_url": None,
     "daemon_started_at": None,
 }

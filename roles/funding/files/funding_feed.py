@@ -1,0 +1,336 @@
+"""Parsing of `!markPrice@arr` frames and merging them into the per-symbol state.
+
+Pure functions, no I/O: `parse_frame` turns the raw text of one WebSocket
+frame into validated updates plus counts of what was rejected or skipped;
+`merge_updates` folds those updates into the `funding_state` dict of the
+state file. Binance pushes partial shards, so a push never replaces the whole
+state, it only updates the symbols it carries.
+
+Rules (see the reference notes on the real feed):
+- a frame is either combined (`{"stream": "...markPrice...", "data": [...]}`) or
+  raw (the bare array); invalid JSON, another stream or a non-list payload
+  rejects the frame;
+- an item is used only when `e == "markPriceUpdate"` (a `24hrTicker` also has a
+  `p`, meaning *price change*), its symbol looks like a symbol, its prices are
+  finite and positive and its numbers parse; unknown keys are ignored and a
+  missing `i` is tolerated;
+- an item without funding (`r` empty or `T == 0`: a dated contract) is skipped
+  and counted apart from rejects;
+- a bad item is counted and never costs the rest of its frame.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Mapping, MutableMapping, Optional, Tuple, Union
+
+MARK_PRICE_EVENT = "markPriceUpdate"
+SYMBOL_PATTERN = re.compile(r"^[A-Z0-9_]{1,40}$")
+DECIMAL_PATTERN = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d{1,3})?$")
+MILLIS_PATTERN = re.compile(r"^\d{1,15}$")
+
+MAX_FRAME_CHARS = 16 * 1024 * 1024  # a real full push is ~200 KB
+MAX_NUMBER_CHARS = 64
+# Plausibility bounds: nothing real comes near them, garbage ("huge") does.
+MAX_PRICE = 1e12
+MAX_ABS_FUNDING_RATE = 1.0
+MAX_MILLIS = 10**14  # year 5138
+# How far ahead of the local clock a stored eventTime may be and still be trusted
+# for ordering; beyond it (a bad clock or a bad frame) ordering is not enforced.
+EVENT_TIME_FUTURE_TOLERANCE_MS = 300_000
+DEFAULT_FUNDING_INTERVAL_HOURS = 8
+DEFAULT_MAX_SYMBOLS = 5000
+
+
+@dataclass(frozen=True)
+class MarkPriceUpdate:
+    symbol: str
+    mark_price: float
+    index_price: Optional[float]  # None when the item had no `i`
+    funding_rate: float
+    next_funding_time: int  # ms
+    event_time: int  # ms, the item's `E`
+
+
+@dataclass
+class FrameResult:
+    """What one frame held: the valid updates and why the rest was not used."""
+
+    updates: List[MarkPriceUpdate] = field(default_factory=list)
+    items_rejected: int = 0
+    items_skipped_no_funding: int = 0
+    frame_rejected: bool = False
+    frame_reject_reason: Optional[str] = None
+    reject_reasons: Counter = field(default_factory=Counter)
+
+    def reject_item(self, reason: str) -> None:
+        self.items_rejected += 1
+        self.reject_reasons[reason] += 1
+
+
+@dataclass
+class MergeResult:
+    accepted: int = 0
+    out_of_order: int = 0  # older than what is stored for the symbol: ignored
+    over_symbol_limit: int = 0  # a new symbol beyond max_symbols: ignored
+
+
+def parse_decimal(value: Any) -> Optional[float]:
+    """A finite float from a decimal string or a JSON number; None when it is anything else."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        try:
+            number = float(value)
+        except OverflowError:
+            return None
+    elif isinstance(value, float):
+        number = value
+    elif isinstance(value, str):
+        if len(value) > MAX_NUMBER_CHARS or not DECIMAL_PATTERN.match(value):
+            return None
+        number = float(value)
+    else:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def parse_millis(value: Any) -> Optional[int]:
+    """A non-negative millisecond timestamp from an int or a digit string; None otherwise."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, str) and MILLIS_PATTERN.match(value):
+        number = int(value)
+    else:
+        return None
+    return number if 0 <= number < MAX_MILLIS else None
+
+
+def _parse_price(value: Any) -> Optional[float]:
+    price = parse_decimal(value)
+    if price is None or price <= 0 or price > MAX_PRICE:
+        return None
+    return price
+
+
+def _has_no_funding(item: Mapping[str, Any]) -> bool:
+    rate = item.get("r")
+    if isinstance(rate, str) and not rate.strip():
+        return True
+    next_funding = item.get("T")
+    return parse_millis(next_funding) == 0
+
+
+def parse_item(item: Any) -> Tuple[str, Union[MarkPriceUpdate, str]]:
+    """Classify one array item: ("ok", update), ("skip", reason) or ("reject", reason)."""
+    if not isinstance(item, dict):
+        return "reject", "item is not an object"
+    if item.get("e") != MARK_PRICE_EVENT:
+        return "reject", "not a markPriceUpdate"
+    symbol = item.get("s")
+    if not isinstance(symbol, str) or not SYMBOL_PATTERN.match(symbol):
+        return "reject", "bad symbol"
+    if _has_no_funding(item):
+        return "skip", "no funding"
+    mark_price = _parse_price(item.get("p"))
+    if mark_price is None:
+        return "reject", "bad mark price"
+    index_price: Optional[float] = None
+    raw_index = item.get("i")
+    if raw_index is not None and raw_index != "":
+        index_price = _parse_price(raw_index)
+        if index_price is None:
+            return "reject", "bad index price"
+    funding_rate = parse_decimal(item.get("r"))
+    if funding_rate is None or abs(funding_rate) > MAX_ABS_FUNDING_RATE:
+        return "reject", "bad funding rate"
+    next_funding_time = parse_millis(item.get("T"))
+    if next_funding_time is None:
+        return "reject", "bad next funding time"
+    event_time = parse_millis(item.get("E"))
+    if not event_time:
+        return "reject", "bad event time"
+    return "ok", MarkPriceUpdate(symbol, mark_price, index_price, funding_rate, next_funding_time, event_time)
+
+
+def _frame_items(payload: Any) -> Tuple[Optional[List[Any]], Optional[str]]:
+    """The item list of a combined or raw frame, or (None, why not)."""
+    if isinstance(payload, list):
+        return payload, None
+    if isinstance(payload, dict) and "data" in payload:
+        stream = payload.get("stream")
+        if not isinstance(stream, str) or "markprice" not in stream.lower():
+            return None, "not a markPrice stream: %.60r" % (stream,)
+        data = payload["data"]
+        if not isinstance(data, list):
+            return None, "data is %s, not a list" % type(data).__name__
+        return data, None
+    return None, "payload is %s, not a list" % type(payload).__name__
+
+
+def parse_frame(raw: Union[str, bytes, bytearray]) -> FrameResult:
+    """Validate one frame; never raises."""
+    result = FrameResult()
+    if isinstance(raw, (bytes, bytearray)):
+        try:
+            raw = bytes(raw).decode("utf-8")
+        except UnicodeDecodeError:
+            return _rejected_frame(result, "not UTF-8")
+    if not isinstance(raw, str):
+        return _rejected_frame(result, "not text")
+    if len(raw) > MAX_FRAME_CHARS:
+        return _rejected_frame(result, "oversized frame (%d chars)" % len(raw))
+    try:
+        payload = json.loads(raw)
+    except (ValueError, RecursionError):
+        return _rejected_frame(result, "invalid JSON")
+    items, reason = _frame_items(payload)
+    if items is None:
+        return _rejected_frame(result, reason or "unusable frame")
+    for item in items:
+        verdict, value = parse_item(item)
+        if verdict == "ok":
+            result.updates.append(value)  # type: ignore[arg-type]
+        elif verdict == "skip":
+            result.items_skipped_no_funding += 1
+        else:
+            result.reject_item(value)  # type: ignore[arg-type]
+    return result
+
+
+def _rejected_frame(result: FrameResult, reason: str) -> FrameResult:
+    result.frame_rejected = True
+    result.frame_reject_reason = reason
+    return result
+
+
+def _is_older(update: MarkPriceUpdate, record: Mapping[str, Any], now: float) -> bool:
+    stored = record.get("eventTime")
+    if not isinstance(stored, int) or isinstance(stored, bool):
+        return False
+    if stored > now * 1000 + EVENT_TIME_FUTURE_TOLERANCE_MS:
+        return False  # an implausible stored time must not freeze the symbol
+    return update.event_time < stored
+
+
+def merge_updates(
+    funding_state: MutableMapping[str, Dict[str, Any]],
+    updates: Iterable[MarkPriceUpdate],
+    now: float,
+    funding_intervals: Optional[Mapping[str, int]] = None,
+    max_symbols: int = DEFAULT_MAX_SYMBOLS,
+) -> MergeResult:
+    """Fold updates into funding_state in place; every changed record is a new dict.
+
+    Records are replaced rather than mutated so that a shallow copy of
+    funding_state taken under a lock can be serialised outside it.
+    `funding_intervals` (from REST fundingInfo) sets fundingIntervalHours when
+    known; without it a record keeps the interval it had.
+    """
+    result = MergeResult()
+    for update in updates:
+        previous = funding_state.get(update.symbol)
+        if previous is None:
+            if len(funding_state) >= max_symbols:
+                result.over_symbol_limit += 1
+                continue
+            previous = {}
+        elif _is_older(update, previous, now):
+            result.out_of_order += 1
+            continue
+        index_price = update.index_price if update.index_price is not None else previous.get("indexPrice")
+        record: Dict[str, Any] = {
+            "fundingRate": update.funding_rate,
+            "markPrice": update.mark_price,
+            "indexPrice": index_price,
+            "nextFundingTime": update.next_funding_time,
+            "updatedAt": now,
+            "eventTime": update.event_time,
+        }
+        interval = _interval_for(update.symbol, previous, funding_intervals)
+        if interval is not None:
+            record["fundingIntervalHours"] = interval
+        funding_state[update.symbol] = record
+        result.accepted += 1
+    return result
+
+
+def _interval_for(
+    symbol: str, previous: Mapping[str, Any], funding_intervals: Optional[Mapping[str, int]]
+) -> Optional[int]:
+    if funding_intervals is not None:
+        return funding_intervals.get(symbol, DEFAULT_FUNDING_INTERVAL_HOURS)
+    return previous.get("fundingIntervalHours")
+
+
+def apply_funding_intervals(
+    funding_state: MutableMapping[str, Dict[str, Any]], funding_intervals: Mapping[str, int]
+) -> int:
+    """Set fundingIntervalHours on every record (new dicts); return how many changed."""
+    changed = 0
+    for symbol, record in list(funding_state.items()):
+        interval = funding_intervals.get(symbol, DEFAULT_FUNDING_INTERVAL_HOURS)
+        if record.get("fundingIntervalHours") != interval:
+            funding_state[symbol] = dict(record, fundingIntervalHours=interval)
+            changed += 1
+    return changed
+
+
+def parse_funding_info(payload: Any) -> Dict[str, int]:
+    """Symbol -> fundingIntervalHours from a REST /fapi/v1/fundingInfo body; bad entries are left out.
+
+    Raises ValueError when the body is not a list at all.
+    """
+    if not isinstance(payload, list):
+        raise ValueError("fundingInfo is %s, not a list" % type(payload).__name__)
+    intervals: Dict[str, int] = {}
+    for entry in payload:
+        if not isinstance(entry, dict):
+            continue
+        symbol = entry.get("symbol")
+        hours = entry.get("fundingIntervalHours")
+        if not isinstance(symbol, str) or not SYMBOL_PATTERN.match(symbol):
+            continue
+        if isinstance(hours, bool) or not isinstance(hours, int) or not 1 <= hours <= 24:
+            continue
+        intervals[symbol] = hours
+    return intervals
+
+
+_RESTORED_KEYS = ("fundingRate", "markPrice", "indexPrice", "nextFundingTime", "updatedAt", "eventTime",
+                  "fundingIntervalHours")
+
+
+def restore_funding_state(funding_state: Mapping[str, Any]) -> Tuple[Dict[str, Dict[str, Any]], int]:
+    """The usable records of a previous (already contract-validated) state file, and how many were dropped.
+
+    Records keep their old updatedAt, so they read as stale until refreshed.
+    """
+    restored: Dict[str, Dict[str, Any]] = {}
+    dropped = 0
+    for symbol, record in funding_state.items():
+        if not isinstance(symbol, str) or not SYMBOL_PATTERN.match(symbol) or not isinstance(record, dict):
+            dropped += 1
+            continue
+        mark_price = record.get("markPrice")
+        if not isinstance(mark_price, (int, float)) or isinstance(mark_price, bool) or not (
+            math.isfinite(mark_price) and mark_price > 0
+        ):
+            dropped += 1
+            continue
+        restored[symbol] = {key: record[key] for key in _RESTORED_KEYS if _restorable(key, record.get(key))}
+    return restored, dropped
+
+
+def _restorable(key: str, value: Any) -> bool:
+    if value is None:
+        return key == "indexPrice"
+    if key in ("nextFundingTime", "eventTime", "fundingIntervalHours"):
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
