@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, MutableMapping, Optional, Tuple, Union
 
 MARK_PRICE_EVENT = "markPriceUpdate"
-SYMBOL_PATTERN = re.compile(r"^[A-Z0-9_]{1,40}$")
-DECIMAL_PATTERN = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d{1,3})?$")
-MILLIS_PATTERN = re.compile(r"^\d{1,15}$")
+SYMBOL_PATTERN = re.compile(r"[A-Z0-9_]{1,40}")
+DECIMAL_PATTERN = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d{1,3})?", re.ASCII)
+MILLIS_PATTERN = re.compile(r"\d{1,15}", re.ASCII)
 
 MAX_FRAME_CHARS = 16 * 1024 * 1024  # a real full push is ~200 KB
 MAX_NUMBER_CHARS = 64
@@ -91,7 +91,7 @@ def parse_decimal(value: Any) -> Optional[float]:
     elif isinstance(value, float):
         number = value
     elif isinstance(value, str):
-        if len(value) > MAX_NUMBER_CHARS or not DECIMAL_PATTERN.match(value):
+        if len(value) > MAX_NUMBER_CHARS or not DECIMAL_PATTERN.fullmatch(value):
             return None
         number = float(value)
     else:
@@ -105,7 +105,7 @@ def parse_millis(value: Any) -> Optional[int]:
         return None
     if isinstance(value, int):
         number = value
-    elif isinstance(value, str) and MILLIS_PATTERN.match(value):
+    elif isinstance(value, str) and MILLIS_PATTERN.fullmatch(value):
         number = int(value)
     else:
         return None
@@ -134,7 +134,7 @@ def parse_item(item: Any) -> Tuple[str, Union[MarkPriceUpdate, str]]:
     if item.get("e") != MARK_PRICE_EVENT:
         return "reject", "not a markPriceUpdate"
     symbol = item.get("s")
-    if not isinstance(symbol, str) or not SYMBOL_PATTERN.match(symbol):
+    if not isinstance(symbol, str) or not SYMBOL_PATTERN.fullmatch(symbol):
         return "reject", "bad symbol"
     if _has_no_funding(item):
         return "skip", "no funding"
@@ -295,7 +295,7 @@ def parse_funding_info(payload: Any) -> Dict[str, int]:
             continue
         symbol = entry.get("symbol")
         hours = entry.get("fundingIntervalHours")
-        if not isinstance(symbol, str) or not SYMBOL_PATTERN.match(symbol):
+        if not isinstance(symbol, str) or not SYMBOL_PATTERN.fullmatch(symbol):
             continue
         if isinstance(hours, bool) or not isinstance(hours, int) or not 1 <= hours <= 24:
             continue
@@ -315,7 +315,7 @@ def restore_funding_state(funding_state: Mapping[str, Any]) -> Tuple[Dict[str, D
     restored: Dict[str, Dict[str, Any]] = {}
     dropped = 0
     for symbol, record in funding_state.items():
-        if not isinstance(symbol, str) or not SYMBOL_PATTERN.match(symbol) or not isinstance(record, dict):
+        if not isinstance(symbol, str) or not SYMBOL_PATTERN.fullmatch(symbol) or not isinstance(record, dict):
             dropped += 1
             continue
         mark_price = record.get("markPrice")
@@ -324,7 +324,8 @@ def restore_funding_state(funding_state: Mapping[str, Any]) -> Tuple[Dict[str, D
         ):
             dropped += 1
             continue
-        restored[symbol] = {key: record[key] for key in _RESTORED_KEYS if _restorable(key, record.get(key))}
+        restored[symbol] = {key: record[key] for key in _RESTORED_KEYS
+                            if key in record and _restorable(key, record.get(key))}
     return restored, dropped
 
 
