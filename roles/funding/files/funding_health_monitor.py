@@ -136,6 +136,44 @@ def _clock(epoch_seconds: float) -> str:
     return datetime.fromtimestamp(epoch_seconds).strftime("%H:%M:%S")
 
 
+# --------------------------------------------------------------------------- comparison rules
+# Shared with funding_rest_comparison; see the module docstring for the reasoning.
+
+
+def local_event_ms(record: Mapping[str, Any]) -> Optional[float]:
+    """When our value was true: the stream's event time, else when the daemon stored it."""
+    if _is_number(record.get("eventTime")):
+        return float(record["eventTime"])
+    if _is_number(record.get("updatedAt")):
+        return record["updatedAt"] * 1000.0
+    return None
+
+
+def judge_funding_rate(
+    rest_rate: Optional[float], local_rate: Any, gap_seconds: Optional[float], same_moment_seconds: float
+) -> str:
+    """"match", "moved" (warning), "mismatch" or "wrong" (errors), or "missing"."""
+    if rest_rate is None or not _is_number(local_rate):
+        return "missing"
+    diff = abs(rest_rate - local_rate)
+    if diff < FUNDING_RATE_MATCH:
+        return "match"
+    if diff > MAX_PLAUSIBLE_RATE_MOVE:
+        return "wrong"
+    if gap_seconds is not None and gap_seconds > same_moment_seconds:
+        return "moved"
+    return "mismatch"
+
+
+def judge_price(percent: float, warn_percent: float, error_percent: float) -> str:
+    """"ok" below warn_percent, "warning" up to error_percent, "error" above it."""
+    if percent < warn_percent:
+        return "ok"
+    if percent <= error_percent:
+        return "warning"
+    return "error"
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -558,10 +596,8 @@ class HealthMonitor:
         c = self.config
         local_rate = local.get("fundingRate")
         local_price = local.get("markPrice")
-        event_ms = local.get("eventTime")
-        if not _is_number(event_ms) and _is_number(local.get("updatedAt")):
-            event_ms = local["updatedAt"] * 1000.0
-        gap = abs(rest.time_ms - event_ms) / 1000.0 if _is_number(event_ms) else None
+        event_ms = local_event_ms(local)
+        gap = abs(rest.time_ms - event_ms) / 1000.0 if event_ms is not None else None
         result.update(
             rest_funding_rate=rest.funding_rate,
             local_funding_rate=local_rate,
@@ -572,65 +608,58 @@ class HealthMonitor:
             time_gap_seconds=_round(gap),
         )
         gap_note = ""
-        if gap is not None and gap > c["FUNDING_SPOT_TIME_GAP_SECONDS"]:
-            gap_note = "; REST time and local eventTime are %.0fs apart" % gap
-        elif gap is None:
+        if gap is None:
             gap_note = "; local data has no timestamp"
+        elif gap > c["FUNDING_SPOT_TIME_GAP_SECONDS"]:
+            gap_note = "; REST time and local eventTime are %.0fs apart" % gap
 
-        # Funding rate.
-        if not _is_number(local_rate) or rest.funding_rate is None:
-            result["funding_rate_verdict"] = "missing"
+        verdict = judge_funding_rate(rest.funding_rate, local_rate, gap, c["FUNDING_SPOT_SAME_MOMENT_SECONDS"])
+        result["funding_rate_verdict"] = verdict
+        if verdict == "missing":
             self.report.error(
                 "Data quality: %s funding rate missing (REST %s, local %s)" % (symbol, rest.funding_rate, local_rate)
             )
+        elif verdict == "match":
+            self.report.add_info("Data quality check: %s funding rate matches REST API" % symbol)
         else:
             diff = abs(rest.funding_rate - local_rate)
             result["funding_rate_diff"] = diff
             detail = "REST %.8f at %s, local %.8f at %s" % (
                 rest.funding_rate, _clock(rest.time_ms / 1000.0), local_rate,
-                _clock(event_ms / 1000.0) if _is_number(event_ms) else "unknown time",
+                _clock(event_ms / 1000.0) if event_ms is not None else "unknown time",
             )
-            if diff < FUNDING_RATE_MATCH:
-                result["funding_rate_verdict"] = "match"
-                self.report.add_info("Data quality check: %s funding rate matches REST API" % symbol)
-            elif diff > MAX_PLAUSIBLE_RATE_MOVE:
-                result["funding_rate_verdict"] = "wrong"
-                self.report.error(
-                    "Data quality: %s funding rate differs from REST API by %.8f, far more than a live rate "
-                    "moves between two reads (%s)" % (symbol, diff, detail)
-                )
-            elif gap is not None and gap > c["FUNDING_SPOT_SAME_MOMENT_SECONDS"]:
-                result["funding_rate_verdict"] = "moved"
+            if verdict == "moved":
                 self.report.warn(
                     "Data quality: %s funding rate moved between the two reads (%s, %.1fs apart)"
                     % (symbol, detail, gap)
                 )
+            elif verdict == "wrong":
+                self.report.error(
+                    "Data quality: %s funding rate differs from REST API by %.8f, far more than a live rate "
+                    "moves between two reads (%s)" % (symbol, diff, detail)
+                )
             else:
-                result["funding_rate_verdict"] = "mismatch"
                 self.report.error(
                     "Data quality: %s funding rate differs from REST API at the same moment (%s)" % (symbol, detail)
                 )
 
-        # Mark price.
         if not _is_number(local_price):
             result["price_verdict"] = "missing"
             self.report.error("Data quality: %s has no local mark price" % symbol)
             return
         price_diff = abs(rest.mark_price - local_price)
         percent = price_diff / rest.mark_price * 100.0
-        result.update(price_diff=price_diff, price_diff_percent=percent)
-        if percent < c["FUNDING_PRICE_WARN_PERCENT"]:
-            result["price_verdict"] = "ok"
+        verdict = judge_price(percent, c["FUNDING_PRICE_WARN_PERCENT"], c["FUNDING_PRICE_ERROR_PERCENT"])
+        result.update(price_diff=price_diff, price_diff_percent=percent, price_verdict=verdict)
+        if verdict == "ok":
             self.report.add_info(
                 "Data quality check: %s price diff $%.2f (%.3f%%)%s" % (symbol, price_diff, percent, gap_note)
             )
-        elif percent <= c["FUNDING_PRICE_ERROR_PERCENT"]:
-            result["price_verdict"] = "warning"
+        elif verdict == "warning":
             self.report.warn(
                 "Data quality: %s price differs by $%.2f (%.3f%%)%s" % (symbol, price_diff, percent, gap_note)
             )
         else:
-            result["price_verdict"] = "error"
             self.report.error(
                 "Data quality: %s price differs by $%.2f (%.3f%%), more than %g%%%s"
                 % (symbol, price_diff, percent, c["FUNDING_PRICE_ERROR_PERCENT"], gap_note)
