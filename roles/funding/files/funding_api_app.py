@@ -1,0 +1,370 @@
+"""The HTTP API as a WSGI application: Bottle routes over the current SnapshotView.
+
+Endpoints (JSON unless noted; every JSON response has Cache-Control: no-store):
+  GET /                      service, version, endpoints
+  GET /funding/health        200 healthy / 503 unhealthy, with a `reasons` list
+  GET /funding/batch         ?symbols=A,B,C (at most 1000)
+  GET /funding/{symbol}      200 fresh / 404 unknown / 503 stale (body still carries the data)
+  GET /funding               every symbol; ?quote=USDT&sort=fundingRate|-fundingRate|symbol&limit=N
+  GET /metrics               Prometheus text format 0.0.4
+
+`health` and `batch` are endpoints, not symbols: /funding/health and
+/funding/batch are matched before /funding/{symbol} (Bottle tries static
+routes first), and /funding/HEALTH or /funding/Batch answer 404 "reserved",
+so a symbol named HEALTH or BATCH can never be requested. No real contract
+has such a name (they all end in their quote asset).
+
+Stale entries in /funding/batch and /funding: the answer stays 200 (a partial
+answer is still an answer), each entry carries ageSeconds, and their names are
+listed in `staleSymbols`, so a caller can drop them; only /funding/{symbol}
+answers 503 for one stale symbol, as the seed did.
+
+Every error, including unknown routes (404), other methods (405 with
+`Allow: GET, HEAD`) and any unexpected exception (500, logged with its
+traceback, never sent), is a JSON object {"error": code, "detail": message,
+"status": n}; `detail` is the field FastAPI (the seed) used.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+
+import bottle
+from funding_api_metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from funding_api_metrics import RequestCounter, render_metrics
+from funding_api_view import SORT_KEYS, SnapshotView, StateViews, SymbolRecord, age_text
+from funding_state import StateSnapshot
+
+log = logging.getLogger("funding_api")
+
+SERVICE_NAME = "Binance Funding Rate API"
+API_VERSION = "2.0.0"
+JSON_CONTENT_TYPE = "application/json"
+JSON_HEADERS = [("Content-Type", JSON_CONTENT_TYPE), ("Cache-Control", "no-store")]
+ALLOWED_METHODS = "GET, HEAD"
+
+# ASCII only, checked before upper-casing: "ß".upper() is "SS".
+SYMBOL_RE = re.compile(r"[A-Za-z0-9_]{1,40}")
+QUOTE_RE = re.compile(r"[A-Za-z0-9]{1,12}")
+LIMIT_RE = re.compile(r"[0-9]{1,7}")
+RESERVED_NAMES = frozenset({"HEALTH", "BATCH"})
+MAX_BATCH_SYMBOLS = 1000
+# 1000 symbols of 40 characters, comma-separated even when percent-encoded, fit comfortably.
+MAX_QUERY_BYTES = 64 * 1024
+MAX_ECHO_CHARS = 60
+
+ROUTE_LABELS = {
+    "/": "/",
+    "/funding": "/funding",
+    "/funding/health": "/funding/health",
+    "/funding/batch": "/funding/batch",
+    "/funding/<symbol>": "/funding/{symbol}",
+    "/metrics": "/metrics",
+}
+UNMATCHED_ROUTE = "other"
+
+ENDPOINTS = {
+    "/": "this document",
+    "/funding/health": "service health: 200 healthy, 503 unhealthy with reasons",
+    "/funding/{symbol}": "one symbol: 200, 404 unknown, 503 stale",
+    "/funding/batch?symbols=A,B,C": "several symbols (at most %d)" % MAX_BATCH_SYMBOLS,
+    "/funding?quote=USDT&sort=fundingRate|-fundingRate|symbol&limit=N": "every symbol, filtered and sorted",
+    "/metrics": "Prometheus metrics",
+}
+
+
+def dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+def error_body(status: int, error: str, detail: str, **extra: Any) -> bytes:
+    body: Dict[str, Any] = {"error": error, "detail": detail, "status": status}
+    body.update(extra)
+    return dumps(body)
+
+
+def echo(text: str) -> str:
+    """Client input quoted back in a message, bounded."""
+    return text if len(text) <= MAX_ECHO_CHARS else text[:MAX_ECHO_CHARS] + "..."
+
+
+def normalise_symbol(text: str) -> Optional[str]:
+    return text.upper() if SYMBOL_RE.fullmatch(text) else None
+
+
+@dataclass
+class ApiConfig:
+    stale_seconds: float = 180.0
+    clock: Callable[[], float] = time.time
+    started_at: float = field(default_factory=time.time)
+
+
+@dataclass
+class Health:
+    healthy: bool
+    body: Dict[str, Any]
+
+
+def evaluate_health(view: Optional[SnapshotView], snapshot: StateSnapshot, now: float, config: ApiConfig) -> Health:
+    reasons: List[str] = []
+    oldest, newest = view.data_ages(now) if view else (None, None)
+    if snapshot.error is not None:
+        served = "serving the last good state" if view else "no state to serve"
+        reasons.append("state_file: %s; %s" % (snapshot.error, served))
+    if view is None or not view.connected:
+        reasons.append("disconnected: the daemon reports its WebSocket disconnected")
+    if view is not None and view.count == 0:
+        reasons.append("no_symbols: the state holds no symbols")
+    if newest is not None and newest > config.stale_seconds:
+        reasons.append("stale: newest data is %.1f s old (threshold %g s)" % (newest, config.stale_seconds))
+    status = view.connection_status if view else {}
+    last_connected = status.get("last_connected_time")
+    connected_for = 0.0
+    if view is not None and view.connected and view.status_number("last_connected_time") is not None:
+        connected_for = max(0.0, now - float(last_connected))
+    body = {
+        "status": "unhealthy" if reasons else "healthy",
+        "websocketConnected": bool(view and view.connected),
+        "symbolCount": view.count if view else 0,
+        "uptimeSeconds": round(connected_for, 3),
+        "lastConnectedTime": last_connected,
+        "messagesReceived": status.get("messages_received", 0),
+        "reconnectAttempts": status.get("reconnect_attempts", 0),
+        "oldestDataAgeSeconds": None if oldest is None else round(oldest, 3),
+        "newestDataAgeSeconds": None if newest is None else round(newest, 3),
+        "reasons": reasons,
+        "staleThresholdSeconds": config.stale_seconds,
+        "stateFileError": snapshot.error,
+        "servingLastGoodState": bool(snapshot.error is not None and view is not None),
+        "stateUpdatedAt": view.state_updated_at if view else None,
+        "stateLoadedAt": view.loaded_at if view else None,
+        "apiUptimeSeconds": round(max(0.0, now - config.started_at), 3),
+    }
+    return Health(not reasons, body)
+
+
+def _record_list(records: Iterable[SymbolRecord], now: float) -> bytes:
+    return b"[" + b",".join(r.encode(now) for r in records) + b"]"
+
+
+def _object_with_data(data: bytes, rest: Dict[str, Any]) -> bytes:
+    """{"data": <pre-encoded list>, ...rest} without decoding and re-encoding the list."""
+    return b'{"data":' + data + b"," + dumps(rest)[1:]
+
+
+class JsonBottle(bottle.Bottle):
+    """Bottle whose own error pages (404 from the router, HTTPError) are JSON."""
+
+    def default_error_handler(self, res: bottle.HTTPError) -> bytes:
+        bottle.response.content_type = JSON_CONTENT_TYPE
+        bottle.response.set_header("Cache-Control", "no-store")
+        if res.status_code == 404:
+            path = bottle.request.environ.get("PATH_INFO", "")
+            return error_body(404, "not_found", "no such endpoint: %s" % echo(path))
+        return error_body(res.status_code, "http_error", res.status_line)
+
+
+def _reply(status: int, body: bytes, content_type: str = JSON_CONTENT_TYPE) -> bytes:
+    response = bottle.response
+    response.status = status
+    response.content_type = content_type
+    response.set_header("Cache-Control", "no-store")
+    return body
+
+
+def build_app(views: StateViews, config: ApiConfig, counter: RequestCounter) -> Callable[..., Any]:
+    """The WSGI application: method check and request counting around the Bottle routes."""
+    app = JsonBottle()
+    app.config["catchall"] = False  # exceptions reach ApiMiddleware, which answers JSON and logs them
+    app.config["autojson"] = False
+    index_body = dumps({"service": SERVICE_NAME, "version": API_VERSION, "endpoints": ENDPOINTS})
+
+    def unavailable(snapshot: StateSnapshot) -> bytes:
+        return _reply(
+            503,
+            error_body(503, "no_state", "no state has been loaded yet", stateFileError=snapshot.error),
+        )
+
+    @app.get("/")
+    def index() -> bytes:
+        return _reply(200, index_body)
+
+    @app.get("/funding/health")
+    def health() -> bytes:
+        view, snapshot = views.current()
+        result = evaluate_health(view, snapshot, config.clock(), config)
+        return _reply(200 if result.healthy else 503, dumps(result.body))
+
+    @app.get("/funding/batch")
+    def batch() -> bytes:
+        query = bottle.request.environ.get("QUERY_STRING", "")
+        if len(query) > MAX_QUERY_BYTES:
+            return _reply(414, error_body(414, "uri_too_long", "the query is longer than %d bytes" % MAX_QUERY_BYTES))
+        names = [n.strip() for v in bottle.request.query.getall("symbols") for n in v.split(",")]
+        names = [n for n in names if n]
+        if not names:
+            return _reply(400, error_body(400, "bad_request", "symbols=A,B,C is required"))
+        if len(names) > MAX_BATCH_SYMBOLS:
+            return _reply(
+                400,
+                error_body(
+                    400, "too_many_symbols", "at most %d symbols per batch, got %d" % (MAX_BATCH_SYMBOLS, len(names))
+                ),
+            )
+        invalid = [echo(n) for n in names if not SYMBOL_RE.fullmatch(n)]
+        if invalid:
+            return _reply(
+                400,
+                error_body(400, "invalid_symbol", "symbols must match [A-Z0-9_]{1,40}", invalidSymbols=invalid[:10]),
+            )
+        wanted = list(dict.fromkeys(n.upper() for n in names))
+        view, snapshot = views.current()
+        if view is None:
+            return unavailable(snapshot)
+        now = config.clock()
+        found = [view.records[s] for s in wanted if s in view.records]
+        missing = [s for s in wanted if s not in view.records]
+        stale = [r.symbol for r in found if r.age(now) > config.stale_seconds]
+        rest = {
+            "found": len(found),
+            "missing": len(missing),
+            "total": len(wanted),
+            "missingSymbols": missing,
+            "staleSymbols": stale,
+            "staleThresholdSeconds": config.stale_seconds,
+            "stateFileError": snapshot.error,
+        }
+        return _reply(200, _object_with_data(_record_list(found, now), rest))
+
+    @app.get("/funding/<symbol>")
+    def one_symbol(symbol: str) -> bytes:
+        name = normalise_symbol(symbol)
+        if name is None:
+            return _reply(
+                400,
+                error_body(400, "invalid_symbol", "symbol must match [A-Z0-9_]{1,40}: %r" % echo(symbol)),
+            )
+        if name in RESERVED_NAMES:
+            return _reply(
+                404,
+                error_body(
+                    404, "reserved", "%s is an endpoint name, not a symbol; see /funding/%s" % (name, name.lower())
+                ),
+            )
+        view, snapshot = views.current()
+        if view is None:
+            return unavailable(snapshot)
+        record = view.records.get(name)
+        if record is None:
+            return _reply(404, error_body(404, "not_found", "symbol %s not found" % name, symbol=name))
+        now = config.clock()
+        age = record.age(now)
+        if age > config.stale_seconds:
+            tail = dumps(
+                {
+                    "error": "stale",
+                    "detail": "data for %s is %.1f s old (threshold %g s)" % (name, age, config.stale_seconds),
+                    "status": 503,
+                    "staleThresholdSeconds": config.stale_seconds,
+                }
+            )
+            body = record.head + b',"ageSeconds":' + age_text(now, record.updated_at) + b"," + tail[1:]
+            return _reply(503, body)
+        return _reply(200, record.encode(now))
+
+    @app.get("/funding")
+    def all_symbols() -> bytes:
+        query = bottle.request.query
+        sort = query.get("sort") or "symbol"
+        if sort not in SORT_KEYS:
+            return _reply(400, error_body(400, "bad_sort", "sort must be one of %s" % ", ".join(sorted(SORT_KEYS))))
+        quote_text = query.get("quote") or ""
+        if quote_text and not QUOTE_RE.fullmatch(quote_text):
+            return _reply(400, error_body(400, "bad_quote", "quote must match [A-Z0-9]{1,12}, e.g. USDT"))
+        limit_text = query.get("limit") or ""
+        limit: Optional[int] = None
+        if limit_text:
+            if not LIMIT_RE.fullmatch(limit_text) or int(limit_text) < 1:
+                return _reply(400, error_body(400, "bad_limit", "limit must be a whole number from 1 to 9999999"))
+            limit = int(limit_text)
+        view, snapshot = views.current()
+        if view is None:
+            return unavailable(snapshot)
+        records = view.sorted_records(sort)
+        quote = quote_text.upper()
+        if quote:
+            records = [r for r in records if r.symbol.endswith(quote)]
+        matched = len(records)
+        if limit is not None:
+            records = records[:limit]
+        now = config.clock()
+        rest = {
+            "count": len(records),
+            "matched": matched,
+            "total": view.count,
+            "staleSymbols": [r.symbol for r in records if r.age(now) > config.stale_seconds],
+            "staleThresholdSeconds": config.stale_seconds,
+            "stateUpdatedAt": view.state_updated_at,
+            "stateFileError": snapshot.error,
+        }
+        return _reply(200, _object_with_data(_record_list(records, now), rest))
+
+    @app.get("/metrics")
+    def metrics() -> bytes:
+        view, snapshot = views.current()
+        now = config.clock()
+        healthy = evaluate_health(view, snapshot, now, config).healthy
+        body = render_metrics(
+            views=views,
+            view=view,
+            state_error=snapshot.error,
+            healthy=healthy,
+            counter=counter,
+            now=now,
+            started_at=config.started_at,
+        )
+        return _reply(200, body, METRICS_CONTENT_TYPE)
+
+    return ApiMiddleware(app, counter)
+
+
+class ApiMiddleware:
+    """Outermost layer: GET/HEAD only, request counting, and a JSON 500 for anything that escapes."""
+
+    def __init__(self, app: bottle.Bottle, counter: RequestCounter) -> None:
+        self.app = app
+        self.counter = counter
+
+    def __call__(self, environ: Dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD", "")
+        if method not in ("GET", "HEAD"):
+            body = error_body(405, "method_not_allowed", "only GET and HEAD are supported")
+            self.counter.count(UNMATCHED_ROUTE, "405")
+            headers = JSON_HEADERS + [("Allow", ALLOWED_METHODS), ("Content-Length", str(len(body)))]
+            start_response("405 Method Not Allowed", headers)
+            return [body]
+        statuses: List[str] = []
+
+        def recording_start_response(status: str, headers: List[Tuple[str, str]], exc_info: Any = None) -> Any:
+            statuses.append(status)
+            return start_response(status, headers, exc_info)
+
+        try:
+            result = self.app(environ, recording_start_response)
+        except Exception:
+            log.exception("unexpected error answering %s %s", method, echo(environ.get("PATH_INFO", "")))
+            body = error_body(500, "internal_error", "internal server error (logged)")
+            statuses.append("500")
+            headers = JSON_HEADERS + [("Content-Length", str(len(body)))]
+            start_response("500 Internal Server Error", headers, sys.exc_info())
+            result = [] if method == "HEAD" else [body]
+        route = environ.get("bottle.route")
+        label = ROUTE_LABELS.get(route.rule, UNMATCHED_ROUTE) if route is not None else UNMATCHED_ROUTE
+        self.counter.count(label, statuses[-1][:3] if statuses else "000")
+        return result

@@ -1,0 +1,159 @@
+"""What the API serves, prepared once per loaded state file.
+
+A request must not re-encode 2 000 symbols: when the StateReader hands over a
+new payload, `SnapshotView` encodes every record once (all fields but
+`ageSeconds`, which depends on the moment of the request), and a request
+only appends the age. `StateViews` pairs the reader with the current view and
+remembers state-file errors, so each one is logged and counted once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+from funding_state import StateReader, StateSnapshot
+
+log = logging.getLogger("funding_api")
+
+# Seed order of a symbol record; ageSeconds is appended per request.
+RECORD_KEYS = ("markPrice", "fundingRate", "nextFundingTime", "indexPrice")
+OPTIONAL_RECORD_KEYS = ("fundingIntervalHours",)
+
+
+def json_scalar(value: Any) -> Any:
+    """A value safe to encode as strict JSON: finite numbers, strings, booleans, null; anything else is null."""
+    if value is None or isinstance(value, (bool, str, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    return None
+
+
+def finite_number(value: Any) -> Optional[float]:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def age_text(now: float, updated_at: float) -> bytes:
+    """Seconds since updated_at, to the millisecond, never negative (a clock step must not give -0.4 s)."""
+    return repr(round(max(0.0, now - updated_at), 3)).encode("ascii")
+
+
+class SymbolRecord:
+    """One symbol, encoded once: `head` is the JSON object without its closing brace and ageSeconds."""
+
+    __slots__ = ("funding_rate", "head", "symbol", "updated_at")
+
+    def __init__(self, symbol: str, record: Mapping[str, Any]) -> None:
+        self.symbol = symbol
+        # validate_payload guarantees a finite number here.
+        self.updated_at = float(record["updatedAt"])
+        self.funding_rate = finite_number(record.get("fundingRate"))
+        fields: Dict[str, Any] = {"symbol": symbol}
+        for key in RECORD_KEYS:
+            fields[key] = json_scalar(record.get(key))
+        for key in OPTIONAL_RECORD_KEYS:
+            if key in record:
+                fields[key] = json_scalar(record[key])
+        fields["updatedAt"] = record["updatedAt"]
+        self.head = json.dumps(fields, separators=(",", ":"), allow_nan=False)[:-1].encode("utf-8")
+
+    def age(self, now: float) -> float:
+        return max(0.0, now - self.updated_at)
+
+    def encode(self, now: float) -> bytes:
+        return self.head + b',"ageSeconds":' + age_text(now, self.updated_at) + b"}"
+
+
+SORT_KEYS: Dict[str, Callable[[SymbolRecord], Any]] = {
+    "symbol": lambda r: r.symbol,
+    # Symbols without a funding rate go last in both directions.
+    "fundingRate": lambda r: (r.funding_rate is None, r.funding_rate or 0.0, r.symbol),
+    "-fundingRate": lambda r: (r.funding_rate is None, -(r.funding_rate or 0.0), r.symbol),
+}
+
+
+class SnapshotView:
+    """Everything derived from one state payload; immutable once built (the sort cache only grows)."""
+
+    def __init__(self, payload: Mapping[str, Any], loads: int, loaded_at: Optional[float]) -> None:
+        self.loads = loads
+        self.loaded_at = loaded_at
+        self.records: Dict[str, SymbolRecord] = {
+            symbol: SymbolRecord(symbol, record) for symbol, record in payload["funding_state"].items()
+        }
+        self.count = len(self.records)
+        updated = [r.updated_at for r in self.records.values()]
+        self.oldest_updated_at: Optional[float] = min(updated) if updated else None
+        self.newest_updated_at: Optional[float] = max(updated) if updated else None
+        self.state_updated_at = finite_number(payload["updated_at"])
+        status = payload["connection_status"]
+        self.connected = status.get("connected") is True
+        self.connection_status: Dict[str, Any] = {key: json_scalar(value) for key, value in status.items()}
+        self._sorted: Dict[str, List[SymbolRecord]] = {}
+
+    def status_number(self, key: str) -> Optional[float]:
+        return finite_number(self.connection_status.get(key))
+
+    def data_ages(self, now: float) -> Tuple[Optional[float], Optional[float]]:
+        """(oldest, newest) data age in seconds; (None, None) without symbols."""
+        if self.oldest_updated_at is None or self.newest_updated_at is None:
+            return None, None
+        return max(0.0, now - self.oldest_updated_at), max(0.0, now - self.newest_updated_at)
+
+    def sorted_records(self, sort: str) -> List[SymbolRecord]:
+        ordered = self._sorted.get(sort)
+        if ordered is None:
+            # Two threads may both sort once; the result is the same, so no lock is needed.
+            ordered = sorted(self.records.values(), key=SORT_KEYS[sort])
+            self._sorted[sort] = ordered
+        return ordered
+
+
+class StateViews:
+    """The current SnapshotView for each request: stat on every call, rebuild only when a new file was parsed."""
+
+    def __init__(self, reader: StateReader, clock: Callable[[], float] = time.time) -> None:
+        self.reader = reader
+        self._clock = clock
+        self._view: Optional[SnapshotView] = None
+        self._build_lock = threading.Lock()
+        self._error_lock = threading.Lock()
+        self._last_error: Optional[Tuple[str, Any]] = None
+        self.load_errors = 0
+
+    def current(self) -> Tuple[Optional[SnapshotView], StateSnapshot]:
+        snapshot = self.reader.snapshot()
+        view = self._view
+        if snapshot.payload is not None and (view is None or view.loads < snapshot.loads):
+            with self._build_lock:
+                view = self._view
+                if view is None or view.loads < snapshot.loads:
+                    view = SnapshotView(snapshot.payload, snapshot.loads, snapshot.loaded_at)
+                    self._view = view
+                    log.debug("loaded state file: %d symbols (load #%d)", view.count, view.loads)
+        if snapshot.error is not None or self._last_error is not None:
+            self._note_error(snapshot, view)
+        return view, snapshot
+
+    def _note_error(self, snapshot: StateSnapshot, view: Optional[SnapshotView]) -> None:
+        # One log line and one count per distinct failure (a missing file is one failure until it changes).
+        key = (snapshot.error, snapshot.stat_key) if snapshot.error is not None else None
+        with self._error_lock:
+            if key == self._last_error:
+                return
+            self._last_error = key
+            if key is None:
+                log.info("state file %s is readable again", self.reader.path)
+                return
+            self.load_errors += 1
+        if view is not None:
+            log.warning("%s; serving the last good state (%d symbols)", snapshot.error, view.count)
+        else:
+            log.warning("%s; no state to serve yet", snapshot.error)
