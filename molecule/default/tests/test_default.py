@@ -1,0 +1,164 @@
+"""The deployed box, as an operator sees it after `ansible-playbook site.yml`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from funding_box import ALL_UNITS, API, SIMULATOR, UNITS, exposure, get_json, http, journal, wait_for
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_service_is_running_and_enabled(host, unit):
+    service = host.service(unit)
+    assert service.is_running, journal(host, unit)
+    assert service.is_enabled
+
+
+def test_health_check_timer_is_active_enabled_and_scheduled(host):
+    timer = host.service("funding-health-check.timer")
+    assert timer.is_running and timer.is_enabled
+    next_elapse = host.check_output("systemctl show -p NextElapseUSecMonotonic --value funding-health-check.timer")
+    assert next_elapse.strip() not in ("", "infinity", "0"), next_elapse
+
+
+def test_no_unit_has_failed(host):
+    failed = host.check_output("systemctl list-units --failed --plain --no-legend")
+    assert failed.strip() == "", failed
+
+
+def test_api_listens_on_loopback_only(host):
+    assert host.socket("tcp://127.0.0.1:8888").is_listening
+    assert not host.socket("tcp://0.0.0.0:8888").is_listening
+    listeners = host.check_output("ss -Htln 'sport = :8888'")
+    assert all("127.0.0.1:8888" in line for line in listeners.splitlines()), listeners
+
+
+def test_health_is_200_healthy_with_every_simulated_perpetual(host):
+    expected = get_json(host, SIMULATOR + "/_sim/status")[1]["perpetualCount"]
+
+    def healthy_with_all_symbols():
+        status, body = get_json(host, API + "/funding/health")
+        return status == 200 and body["status"] == "healthy" and body["symbolCount"] == expected and body
+
+    body = wait_for(healthy_with_all_symbols, timeout=60, what="health 200 with %d symbols" % expected)
+    assert body["websocketConnected"] is True
+
+
+def test_btcusdt_equals_the_simulators_current_value_within_one_push(host):
+    def same_as_simulator():
+        simulated = get_json(host, SIMULATOR + "/_sim/symbols")[1]["BTCUSDT"]
+        status, served = get_json(host, API + "/funding/BTCUSDT")
+        return status == 200 and served["markPrice"] == simulated["markPrice"] and (served, simulated)
+
+    served, simulated = wait_for(same_as_simulator, timeout=30, interval=0.5, what="BTCUSDT to match the simulator")
+    assert served["fundingRate"] == simulated["fundingRate"]
+    assert served["nextFundingTime"] == simulated["nextFundingTime"]
+    assert served["indexPrice"] == simulated["indexPrice"]
+
+
+def test_batch_reports_found_and_missing_symbols(host):
+    status, body = get_json(host, API + "/funding/batch?symbols=BTCUSDT,ethusdt,NOSUCHUSDT")
+    assert status == 200
+    assert (body["found"], body["missing"], body["total"]) == (2, 1, 3)
+    assert {item["symbol"] for item in body["data"]} == {"BTCUSDT", "ETHUSDT"}
+
+
+def test_unknown_symbol_is_404_and_invalid_symbol_is_400_both_json(host):
+    status, body = get_json(host, API + "/funding/NOSUCHUSDT")
+    assert status == 404 and "error" in body
+    status, body = get_json(host, API + "/funding/BTC%2F..%2Fetc")
+    assert status == 400 and "error" in body
+
+
+def test_dated_contracts_are_not_served(host):
+    symbols = get_json(host, SIMULATOR + "/_sim/symbols")[1]
+    dated = [name for name, item in symbols.items() if not item["perpetual"]]
+    assert dated
+    assert get_json(host, API + "/funding/" + dated[0])[0] == 404
+
+
+def test_state_file_is_owned_by_the_service_user_and_world_readable(host):
+    state = host.file("/var/lib/binance-funding/.funding_state.json")
+    assert state.exists
+    assert (state.user, state.group, state.mode) == ("funding", "funding", 0o644)
+    assert json.loads(state.content_string)["connection_status"]["connected"] is True
+
+
+def test_service_user_has_no_login_shell(host):
+    user = host.user("funding")
+    assert user.shell in ("/usr/sbin/nologin", "/sbin/nologin")
+    assert not host.file("/home/funding").exists
+
+
+def test_sudoers_rule_is_0440_and_valid(host):
+    sudoers = host.file("/etc/sudoers.d/funding-health-monitor")
+    assert (sudoers.user, sudoers.group, sudoers.mode) == ("root", "root", 0o440)
+    assert host.run("visudo -c").rc == 0
+
+
+def test_sudo_grants_the_service_user_exactly_restart_status_and_is_active_of_the_two_units(host):
+    listing = host.check_output("sudo -l -U funding")
+    granted = set()
+    for line in listing.splitlines():
+        if "NOPASSWD:" in line:
+            granted.update(command.strip() for command in line.split("NOPASSWD:", 1)[1].split(","))
+    expected = {"/usr/bin/systemctl %s %s" % (verb, unit) for verb in ("restart", "status", "is-active") for unit in UNITS}
+    assert granted == expected, listing
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_service_user_can_restart_the_unit_through_sudo(host, unit):
+    result = host.run("runuser -u funding -- sudo -n /usr/bin/systemctl restart %s" % unit)
+    assert result.rc == 0, result.stderr
+    wait_for(lambda: host.service(unit).is_running, timeout=30, what="%s running again" % unit)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "/usr/bin/systemctl restart ssh.service",
+        "/usr/bin/systemctl stop binance-funding-ws.service",
+        "/usr/bin/systemctl start funding-health-check.service",
+        "/usr/bin/systemctl edit binance-funding-ws.service",
+        "/usr/bin/systemctl restart binance-funding-ws.service --now",
+        "systemctl restart binance-funding-ws.service",
+        "/bin/sh -c id",
+        "/usr/bin/id",
+    ],
+)
+def test_service_user_may_run_nothing_else_through_sudo(host, command):
+    result = host.run("runuser -u funding -- sudo -n %s" % command)
+    assert result.rc != 0, "sudo allowed: %s" % command
+
+
+def test_health_check_run_reports_healthy_in_its_journal(host):
+    wait_for(lambda: get_json(host, API + "/funding/health")[0] == 200, timeout=60, what="health 200")
+    cursor = host.run("journalctl -u funding-health-check -n 0 --show-cursor --no-pager").stdout.split("cursor: ")[-1]
+    result = host.run("systemctl start funding-health-check.service")
+    assert result.rc == 0, result.stderr
+    report = host.run("journalctl -u funding-health-check --no-pager -o cat --after-cursor '%s'" % cursor.strip()).stdout
+    assert "STATUS: HEALTHY" in report, report
+
+
+@pytest.mark.parametrize("unit", ALL_UNITS)
+def test_unit_passes_systemd_analyze_verify(host, unit):
+    result = host.run("systemd-analyze verify /etc/systemd/system/%s" % unit)
+    assert result.rc == 0 and result.stderr.strip() == "", result.stderr
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_long_running_service_exposure_is_at_most_2(host, unit):
+    score = exposure(host, unit)
+    print("systemd-analyze security %s: %.1f" % (unit, score))
+    assert score <= 2.0
+
+
+def test_daemon_journal_shows_the_url_it_connects_to(host):
+    assert "ws://127.0.0.1:9000/market/stream?streams=!markPrice@arr" in journal(host, "binance-funding-ws", 500)
+
+
+def test_metrics_are_prometheus_text(host):
+    status, body = http(host, API + "/metrics")
+    assert status == 200
+    assert "# TYPE" in body and "funding_" in body

@@ -1,0 +1,54 @@
+"""Helpers for the testinfra suites: talk to the deployed box through the testinfra host."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Callable, Dict, Tuple
+
+API = "http://127.0.0.1:8888"
+SIMULATOR = "http://127.0.0.1:9000"
+UNITS = ("binance-funding-ws.service", "binance-funding-api.service")
+ALL_UNITS = UNITS + ("funding-health-check.service", "funding-health-check.timer")
+
+
+def http(host: Any, url: str, method: str = "GET", data: str = "") -> Tuple[int, str]:
+    """(status, body) of a request made inside the box with curl."""
+    cmd = "curl -s -o /tmp/.funding-body -w '%%{http_code}' -X %s %s '%s'; echo; cat /tmp/.funding-body" % (
+        method,
+        ("--data-raw '%s' -H 'Content-Type: application/json'" % data) if data else "",
+        url,
+    )
+    out = host.run(cmd).stdout
+    status, _, body = out.partition("\n")
+    return int(status or 0), body
+
+
+def get_json(host: Any, url: str) -> Tuple[int, Dict[str, Any]]:
+    status, body = http(host, url)
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        raise AssertionError("%s answered %s with a body that is not JSON: %r" % (url, status, body[:500])) from None
+
+
+def journal(host: Any, unit: str, lines: int = 60) -> str:
+    return host.run("journalctl -u %s -n %d --no-pager -o cat" % (unit, lines)).stdout
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 1.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError("timed out after %.0f s waiting for %s (last: %r)" % (timeout, what, last))
+
+
+def exposure(host: Any, unit: str) -> float:
+    """systemd-analyze security's overall exposure score of a unit."""
+    out = host.run("systemd-analyze security --no-pager %s | tail -n 1" % unit).stdout
+    # "→ Overall exposure level for x.service: 1.6 OK 🙂"
+    return float(out.split(":")[-1].split()[0])
