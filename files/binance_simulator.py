@@ -1,0 +1,745 @@
+#!/usr/bin/env python3
+"""Simulated Binance USDⓈ-M futures exchange on one loopback port: mark-price streams, REST and a fault control API.
+
+WebSocket:  /market/stream?streams=!markPrice@arr[@1s]   combined frames {"stream": ..., "data": [...]}
+            /market/ws/!markPrice@arr[@1s]                raw frames (the bare array)
+            /stream?streams=...  /ws/...                  legacy paths: accepted, then silent forever
+REST:       /fapi/v1/premiumIndex[?symbol=]  /fapi/v1/fundingInfo  /fapi/v1/ping  /fapi/v1/time
+Control:    GET /_sim/status  GET /_sim/symbols  POST /_sim/fault {"fault": NAME, ...}  POST /_sim/clear
+            (loopback clients only)
+
+Every option can also be set by a SIM_* environment variable; flags win.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Set, Tuple
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from binance_sim_faults import (
+    FAULT_NAMES,
+    FaultError,
+    FaultState,
+    fault_summary,
+    malformed_frames,
+    oversized_frame,
+    parse_fault_flag,
+    poisoned_items,
+)
+from binance_sim_market import Market
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+try:
+    from websockets.asyncio.server import broadcast
+except ImportError:  # websockets < 13.1 keeps it in the connection module
+    from websockets.asyncio.connection import broadcast  # type: ignore[no-redef]
+
+LOG = logging.getLogger("binance_simulator")
+
+STREAM_SPEEDS = {"!markPrice@arr": "slow", "!markPrice@arr@1s": "fast"}
+STREAM_NAMES = {speed: name for name, speed in STREAM_SPEEDS.items()}
+SPEEDS = ("slow", "fast")
+MAX_WRITE_BUFFER = 32 * 1024 * 1024  # a subscriber this far behind is cut off, as Binance does
+MAX_REQUEST_HEAD = 16 * 1024
+MAX_REQUEST_BODY = 64 * 1024
+HOUSEKEEPING_SECONDS = 0.25
+
+REST_OUTAGE_HTML = (
+    "<html><head><title>503 Service Temporarily Unavailable</title></head><body><center>"
+    "<h1>503 Service Temporarily Unavailable</h1></center><hr><center>nginx</center></body></html>\n"
+)
+REST_GARBAGE_HTML = (
+    "<!DOCTYPE html><html><head><title>Binance</title></head><body><div id=\"maintenance\">"
+    "<h1>System maintenance</h1><p>We are upgrading our systems. Please try again later.</p></div></body></html>\n"
+)
+
+
+# --- configuration ------------------------------------------------------------------------------------------------
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value < 0.01:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0.01, got {text!r}")
+    return value
+
+
+def _optional_seconds(text: str) -> Optional[float]:
+    """0 disables."""
+    if text.strip() in ("0", "0.0", "off", "none", ""):
+        return None
+    return _positive_seconds(text)
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0..65535, got {value}")
+    return value
+
+
+def _symbol_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 1 <= value <= 20_000:
+        raise argparse.ArgumentTypeError(f"must be 1..20000, got {value}")
+    return value
+
+
+def _fault(text: str) -> Tuple[str, Dict[str, Any]]:
+    try:
+        name, params = parse_fault_flag(text)
+        FaultState().apply(name, params)  # validate now, so a typo fails at start with exit 2
+    except FaultError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return name, params
+
+
+def _log_level(text: str) -> str:
+    level = text.strip().upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise argparse.ArgumentTypeError(f"log level must be DEBUG, INFO, WARNING or ERROR, got {text!r}")
+    return level
+
+
+OPTIONS = (
+    # flag, environment variable, default, type, help
+    ("--host", "SIM_HOST", "127.0.0.1", str, "address to listen on"),
+    ("--port", "SIM_PORT", "9000", _port, "port for WebSocket, REST and control (0 picks a free one)"),
+    ("--port-file", "SIM_PORT_FILE", "", str, "write the bound port to this file once listening"),
+    ("--seed", "SIM_SEED", "42", int, "seed for the symbol universe and the random walk"),
+    ("--symbols", "SIM_SYMBOLS", "700", _symbol_count, "number of contracts (at least the named ones)"),
+    ("--push-interval", "SIM_PUSH_INTERVAL", "3.0", _positive_seconds, "seconds between !markPrice@arr pushes"),
+    ("--fast-push-interval", "SIM_FAST_PUSH_INTERVAL", "1.0", _positive_seconds,
+     "seconds between !markPrice@arr@1s pushes; the market ticks at this rate"),
+    ("--ping-interval", "SIM_PING_INTERVAL", "180", _optional_seconds, "seconds between server pings (0: none)"),
+    ("--ping-timeout", "SIM_PING_TIMEOUT", "600", _optional_seconds,
+     "seconds a client may take to answer a ping before it is dropped (0: never)"),
+    ("--connection-lifetime", "SIM_CONNECTION_LIFETIME", "86400", _positive_seconds,
+     "seconds after which the server closes a connection (Binance: 24 h)"),
+    ("--log-level", "SIM_LOG_LEVEL", "INFO", _log_level, "DEBUG, INFO, WARNING or ERROR"),
+)
+
+
+def parse_config(argv: Optional[List[str]] = None, environ: Optional[Dict[str, str]] = None) -> argparse.Namespace:
+    environ = dict(os.environ if environ is None else environ)
+    parser = argparse.ArgumentParser(
+        prog="binance_simulator.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Faults: " + ", ".join(FAULT_NAMES) + ". --fault NAME[=VALUE] may be repeated; VALUE is rest_skew's "
+        "percent, rotate's after (seconds of connection age), drop's mode (abrupt|close), poison's "
+        "oversize_every, or on/off for a switch. SIM_FAULTS takes a comma-separated list.",
+    )
+    for flag, variable, default, kind, text in OPTIONS:
+        value = environ.get(variable, default)
+        parser.add_argument(flag, default=value, type=kind, help=f"{text} [env {variable}, default {default}]")
+    parser.add_argument(
+        "--fault", action="append", type=_fault, default=[], metavar="NAME[=VALUE]",
+        help="fault active from the start (repeatable) [env SIM_FAULTS, comma-separated]",
+    )
+    config = parser.parse_args(argv)
+    env_faults = [text for text in environ.get("SIM_FAULTS", "").split(",") if text.strip()]
+    try:
+        config.fault = [_fault(text.strip()) for text in env_faults] + config.fault
+    except argparse.ArgumentTypeError as exc:
+        parser.error(f"SIM_FAULTS: {exc}")
+    return config
+
+
+# --- routing ------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StreamRoute:
+    label: str
+    combined: bool
+    speeds: Set[str]
+    legacy: bool
+
+
+def stream_route(path: str, query: Dict[str, List[str]]) -> Optional[StreamRoute]:
+    """The WebSocket route of a request path, or None when no stream lives there."""
+    if path == "/market/stream":
+        names = [name for value in query.get("streams", []) for name in value.split("/")]
+        return StreamRoute(path, True, {STREAM_SPEEDS[name] for name in names if name in STREAM_SPEEDS}, False)
+    if path == "/market/ws" or path.startswith("/market/ws/"):
+        name = path[len("/market/ws/"):] if path.startswith("/market/ws/") else ""
+        speeds = {STREAM_SPEEDS[name]} if name in STREAM_SPEEDS else set()
+        return StreamRoute(path, False, speeds, False)
+    if path == "/stream":
+        return StreamRoute(path, True, set(), True)
+    if path == "/ws" or path.startswith("/ws/"):
+        return StreamRoute("/ws", False, set(), True)
+    return None
+
+
+def is_loopback(address: Any) -> bool:
+    try:
+        host = address[0] if isinstance(address, (tuple, list)) else address
+        ip = ipaddress.ip_address(str(host).split("%")[0])
+    except (ValueError, IndexError, TypeError):
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return bool(ip.is_loopback or (mapped is not None and mapped.is_loopback))
+
+
+class SimServerConnection(ServerConnection):
+    """Lets plain HTTP requests with a body (POST /_sim/fault) through websockets' GET-only handshake parser.
+
+    The request head is read first; the method and body are kept on the connection and websockets sees a bodiless
+    GET, which `process_request` answers using the real method and body.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sim_method = "GET"
+        self.sim_body = b""
+        self.sim_route: Optional[StreamRoute] = None
+        self._sim_buffer = bytearray()
+        self._sim_head_done = False
+
+    def _sim_release(self, data: bytes) -> None:
+        self._sim_head_done = True
+        self._sim_buffer = bytearray()
+        super().data_received(data)
+
+    def data_received(self, data: bytes) -> None:
+        if self._sim_head_done:
+            super().data_received(data)
+            return
+        self._sim_buffer += data
+        end = self._sim_buffer.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self._sim_buffer) > MAX_REQUEST_HEAD:
+                self._sim_release(bytes(self._sim_buffer))
+            return
+        buffered = bytes(self._sim_buffer)
+        lines = buffered[:end].split(b"\r\n")
+        request_line = lines[0].split(b" ")
+        length = 0
+        kept = []
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                try:
+                    length = int(value.strip())
+                except ValueError:
+                    length = -1
+                continue
+            kept.append(line)
+        if len(request_line) != 3 or not 0 <= length <= MAX_REQUEST_BODY or (
+            request_line[0] == b"GET" and length == 0
+        ):
+            self._sim_release(buffered)  # websockets answers it (or rejects it) as usual
+            return
+        rest = buffered[end + 4:]
+        if len(rest) < length:
+            return  # wait for the rest of the body
+        self.sim_method = request_line[0].decode("ascii", "replace")
+        self.sim_body = rest[:length]
+        head = b"\r\n".join([b"GET " + request_line[1] + b" " + request_line[2], *kept])
+        self._sim_release(head + b"\r\n\r\n" + rest[length:])
+
+    def eof_received(self) -> Optional[bool]:
+        if not self._sim_head_done and self._sim_buffer:
+            self._sim_release(bytes(self._sim_buffer))
+        return super().eof_received()
+
+
+# --- the simulator ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ConnectionInfo:
+    number: int
+    label: str
+    peer: str
+    opened_at: float
+    route: StreamRoute
+    speeds: Set[str] = field(default_factory=set)
+    close_cause: Optional[str] = None
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Simulator:
+    def __init__(self, config: argparse.Namespace, market: Market, faults: FaultState) -> None:
+        self.config = config
+        self.market = market
+        self.faults = faults
+        self.started_at = time.monotonic()
+        self.subscribers: Dict[Tuple[bool, str], Set[ServerConnection]] = {
+            (combined, speed): set() for combined in (True, False) for speed in SPEEDS
+        }
+        self.connections: Dict[ServerConnection, ConnectionInfo] = {}
+        self.pushes = {speed: 0 for speed in SPEEDS}
+        self.frames_sent = 0
+        self.connections_opened = 0
+        self.closed_by_cause: Dict[str, int] = {}
+        self.handshakes_refused = 0
+        self.rest_requests = 0
+        self.port = 0
+        self._background: Set[asyncio.Task] = set()
+        self._perpetuals_by_shard = [
+            [symbol for symbol in shard if market.specs[symbol].perpetual] for shard in market.shards
+        ]
+
+    # --- HTTP ---------------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _respond(connection: ServerConnection, status: int, body: Any, content_type: str = "application/json") -> Any:
+        text = body if isinstance(body, str) else json.dumps(body, separators=(",", ":"))
+        response = connection.respond(status, text)
+        del response.headers["Content-Type"]
+        response.headers["Content-Type"] = content_type if content_type != "application/json" else (
+            "application/json;charset=UTF-8")
+        return response
+
+    def process_request(self, connection: ServerConnection, request: Any) -> Any:
+        try:
+            return self._route_request(connection, request)
+        except Exception:
+            LOG.exception("request %s failed", request.path)
+            return self._respond(connection, 500, {"code": -1000, "msg": "Internal error in the simulator."})
+
+    def _route_request(self, connection: ServerConnection, request: Any) -> Any:
+        parts = urlsplit(request.path)
+        path = unquote(parts.path)
+        query = parse_qs(parts.query, keep_blank_values=True)
+        method = getattr(connection, "sim_method", "GET")
+        if path.startswith("/_sim/") or path == "/_sim":
+            return self._control(connection, method, path, query)
+        if path.startswith("/fapi/"):
+            return self._rest(connection, method, path, query)
+        route = stream_route(path, query)
+        if route is None:
+            return self._respond(connection, 404, {"code": -1, "msg": f"Not found: {path}"})
+        if method != "GET":
+            return self._respond(connection, 405, {"code": -1, "msg": "Method not allowed."})
+        if self.faults.is_on("refuse") and "websocket" in request.headers.get("Upgrade", "").lower():
+            self.handshakes_refused += 1
+            LOG.info("refused WebSocket handshake on %s (fault refuse)", route.label)
+            return self._respond(connection, 503, REST_OUTAGE_HTML, "text/html")
+        if isinstance(connection, SimServerConnection):
+            connection.sim_route = route
+        return None  # websockets performs the upgrade (or answers 426 to a plain GET)
+
+    def _rest(self, connection: ServerConnection, method: str, path: str, query: Dict[str, List[str]]) -> Any:
+        self.rest_requests += 1
+        if self.faults.is_on("rest_outage"):
+            return self._respond(connection, 503, REST_OUTAGE_HTML, "text/html")
+        if method != "GET":
+            return self._respond(connection, 405, {"code": -1, "msg": "Method not allowed."})
+        if self.faults.is_on("rest_garbage"):
+            return self._respond(connection, 200, REST_GARBAGE_HTML, "text/html")
+        if path == "/fapi/v1/ping":
+            return self._respond(connection, 200, {})
+        if path == "/fapi/v1/time":
+            return self._respond(connection, 200, {"serverTime": _now_ms()})
+        if path == "/fapi/v1/fundingInfo":
+            return self._respond(connection, 200, self.market.funding_info())
+        if path == "/fapi/v1/premiumIndex":
+            skew = self.faults.skew_percent
+            if "symbol" not in query:
+                return self._respond(connection, 200, self.market.premium_index(skew))
+            symbol = query["symbol"][-1].strip().upper()
+            if not symbol:
+                return self._respond(connection, 400, {
+                    "code": -1102,
+                    "msg": "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed.",
+                })
+            if symbol not in self.market.specs:
+                return self._respond(connection, 400, {"code": -1121, "msg": "Invalid symbol."})
+            return self._respond(connection, 200, self.market.premium_index_entry(symbol, skew))
+        return self._respond(connection, 404, {"code": -1, "msg": f"Not found: {path}"})
+
+    def _control(self, connection: ServerConnection, method: str, path: str, query: Dict[str, List[str]]) -> Any:
+        if not is_loopback(connection.remote_address):
+            LOG.warning("control request %s from non-loopback %s refused", path, connection.remote_address)
+            return self._respond(connection, 403, {"error": "control API is for loopback clients only"})
+        if path == "/_sim/status" and method == "GET":
+            return self._respond(connection, 200, self.status())
+        if path == "/_sim/symbols" and method == "GET":
+            wanted = None
+            if query.get("symbols"):
+                wanted = [s for s in query["symbols"][-1].upper().split(",") if s in self.market.specs]
+            return self._respond(connection, 200, self.market.snapshot(wanted))
+        if path == "/_sim/clear" and method == "POST":
+            self.clear_faults("control")
+            return self._respond(connection, 200, {"ok": True, "faults": self.faults.describe()})
+        if path == "/_sim/fault" and method == "POST":
+            try:
+                name, params = self._fault_request(getattr(connection, "sim_body", b""), query)
+                action = self.apply_fault(name, params, "control")
+            except FaultError as exc:
+                return self._respond(connection, 400, {"error": str(exc)})
+            return self._respond(connection, 200, {"ok": True, "action": action, "faults": self.faults.describe()})
+        if path in ("/_sim/status", "/_sim/symbols", "/_sim/clear", "/_sim/fault"):
+            return self._respond(connection, 405, {"error": f"method {method} not allowed on {path}"})
+        return self._respond(connection, 404, {"error": f"unknown control path {path}"})
+
+    @staticmethod
+    def _fault_request(body: bytes, query: Dict[str, List[str]]) -> Tuple[str, Dict[str, Any]]:
+        if body.strip():
+            try:
+                payload = json.loads(body)
+            except (ValueError, RecursionError):
+                raise FaultError("body is not valid JSON") from None
+            if not isinstance(payload, dict):
+                raise FaultError('body must be a JSON object like {"fault": "stall"}')
+        else:
+            payload = {key: values[-1] for key, values in query.items()}
+        payload = dict(payload)
+        name = payload.pop("fault", None)
+        if not isinstance(name, str):
+            raise FaultError('missing "fault" (one of ' + ", ".join(FAULT_NAMES) + ")")
+        return name, payload
+
+    # --- faults -------------------------------------------------------------------------------------------------
+
+    def apply_fault(self, name: str, params: Dict[str, Any], source: str) -> Dict[str, Any]:
+        action = self.faults.apply(name, params)
+        LOG.info("fault %s [%s]", fault_summary(action), source)
+        if name == "drop" and action["on"]:
+            self.close_all(cause="drop", abrupt=action["mode"] == "abrupt")
+        elif name == "rotate" and action["on"] and "after" not in action:
+            self.close_all(cause="rotate", abrupt=False)
+        elif name == "freeze":
+            self.market.frozen = self.faults.is_on("freeze")
+        return action
+
+    def clear_faults(self, source: str) -> None:
+        self.faults.clear()
+        self.market.frozen = False
+        LOG.info("all faults cleared [%s]", source)
+
+    def close_all(self, cause: str, abrupt: bool) -> None:
+        for connection in list(self.connections):
+            self.close_connection(connection, cause, abrupt=abrupt)
+
+    def close_connection(self, connection: ServerConnection, cause: str, abrupt: bool = False,
+                         code: int = 1001, reason: str = "") -> None:
+        info = self.connections.get(connection)
+        if info is not None and info.close_cause is None:
+            info.close_cause = cause
+        self._unsubscribe(connection)
+        if abrupt:
+            connection.transport.abort()
+            return
+        task = asyncio.ensure_future(connection.close(code, reason or cause))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # --- connections --------------------------------------------------------------------------------------------
+
+    def _unsubscribe(self, connection: ServerConnection) -> None:
+        for group in self.subscribers.values():
+            group.discard(connection)
+
+    def _subscribe(self, connection: ServerConnection, info: ConnectionInfo, speeds: Set[str]) -> None:
+        info.speeds |= speeds
+        if info.route.legacy:
+            return  # acknowledged, never delivered: the legacy paths are silent
+        for speed in speeds:
+            self.subscribers[(info.route.combined, speed)].add(connection)
+
+    async def handler(self, connection: ServerConnection) -> None:
+        route = getattr(connection, "sim_route", None)
+        if route is None:
+            request = connection.request
+            parts = urlsplit(request.path if request is not None else "/")
+            route = stream_route(unquote(parts.path), parse_qs(parts.query)) or StreamRoute("?", False, set(), True)
+        self.connections_opened += 1
+        peer = "%s:%s" % tuple(connection.remote_address[:2]) if connection.remote_address else "?"
+        info = ConnectionInfo(self.connections_opened, route.label, peer, time.monotonic(), route)
+        self.connections[connection] = info
+        self._subscribe(connection, info, set(route.speeds))
+        LOG.info("connection #%d opened from %s on %s (%s)", info.number, peer, route.label,
+                 "legacy, silent" if route.legacy else ",".join(sorted(info.speeds)) or "no stream")
+        try:
+            async for message in connection:
+                reply = self._client_message(connection, info, message)
+                if reply is not None:
+                    await connection.send(reply)
+        except ConnectionClosed:
+            pass
+        finally:
+            self._unsubscribe(connection)
+            self.connections.pop(connection, None)
+            cause = info.close_cause or "client"
+            self.closed_by_cause[cause] = self.closed_by_cause.get(cause, 0) + 1
+            LOG.info("connection #%d closed on %s after %.1fs: %s (code %s%s)", info.number, info.label,
+                     time.monotonic() - info.opened_at, cause, _close_code(connection),
+                     ", " + _close_reason(connection) if _close_reason(connection) else "")
+
+    def _client_message(self, connection: ServerConnection, info: ConnectionInfo, message: Any) -> Optional[str]:
+        """Binance's live-subscription protocol: SUBSCRIBE, UNSUBSCRIBE, LIST_SUBSCRIPTIONS."""
+        try:
+            request = json.loads(message)
+        except (ValueError, TypeError, RecursionError):
+            request = None
+        if not isinstance(request, dict) or not isinstance(request.get("method"), str):
+            return json.dumps({"error": {"code": 3, "msg": "Invalid JSON: expected an object with a method"},
+                               "id": None})
+        request_id = request.get("id")
+        method = request["method"].upper()
+        params = request.get("params") or []
+        if not isinstance(params, list):
+            return json.dumps({"error": {"code": 2, "msg": "Invalid request: params must be a list"},
+                               "id": request_id})
+        speeds = {STREAM_SPEEDS[name] for name in params if isinstance(name, str) and name in STREAM_SPEEDS}
+        if method == "SUBSCRIBE":
+            self._subscribe(connection, info, speeds)
+            return json.dumps({"result": None, "id": request_id})
+        if method == "UNSUBSCRIBE":
+            info.speeds -= speeds
+            for speed in speeds:
+                self.subscribers[(info.route.combined, speed)].discard(connection)
+            return json.dumps({"result": None, "id": request_id})
+        if method == "LIST_SUBSCRIPTIONS":
+            return json.dumps({"result": sorted(STREAM_NAMES[speed] for speed in info.speeds), "id": request_id})
+        return json.dumps({"error": {"code": 2, "msg": f"Invalid request: unknown method {method}"},
+                           "id": request_id})
+
+    # --- pushes -------------------------------------------------------------------------------------------------
+
+    def _send(self, connections: Set[ServerConnection], message: Any) -> None:
+        targets = []
+        for connection in list(connections):
+            transport = connection.transport
+            if transport is not None and transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
+                LOG.warning("connection #%s is not reading; cutting it off",
+                            getattr(self.connections.get(connection), "number", "?"))
+                self.close_connection(connection, "slow consumer", abrupt=True)
+                continue
+            targets.append(connection)
+        if targets:
+            broadcast(targets, message)
+            self.frames_sent += len(targets)
+
+    def push(self, speed: str, shard: int) -> None:
+        """Send one shard to every subscriber of one speed; each frame is encoded once for all of them."""
+        if self.faults.is_on("stall"):
+            return
+        counter = self.pushes[speed]
+        self.pushes[speed] += 1
+        combined_targets = self.subscribers[(True, speed)]
+        raw_targets = self.subscribers[(False, speed)]
+        if not combined_targets and not raw_targets:
+            return
+        array = self.market.encode_shard(shard)
+        now_ms = _now_ms()
+        if self.faults.is_on("poison"):
+            poison = json.dumps(poisoned_items(self._perpetuals_by_shard[shard], now_ms, counter),
+                                separators=(",", ":"))
+            array = array[:-1] + "," + poison[1:] if array != "[]" else poison
+        stream_name = STREAM_NAMES[speed]
+        for combined, targets in ((True, combined_targets), (False, raw_targets)):
+            if not targets:
+                continue
+            self._send(targets, '{"stream":"%s","data":%s}' % (stream_name, array) if combined else array)
+            if self.faults.is_on("malformed"):
+                for frame in malformed_frames(counter, combined, stream_name):
+                    self._send(targets, frame)
+            every = int(self.faults.param("poison", "oversize_every", 0) or 0)
+            if self.faults.is_on("poison") and every and counter % every == every - 1:
+                self._send(targets, oversized_frame(combined, stream_name, now_ms))
+
+    async def _periodic(self, interval: float, action: Any) -> None:
+        loop = asyncio.get_running_loop()
+        due = loop.time() + interval
+        while True:
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            try:
+                action()
+            except Exception:
+                LOG.exception("periodic task failed")
+            due += interval
+            if due < loop.time():  # fell behind (suspended, overloaded): skip, never burst
+                due = loop.time() + interval
+
+    def make_market_ticker(self) -> Any:
+        shard_cursor = [0]
+
+        def tick() -> None:
+            shard = shard_cursor[0]
+            shard_cursor[0] = (shard + 1) % self.market.shard_count
+            self.market.tick(shard, _now_ms())
+            self.push("fast", shard)
+
+        return tick
+
+    def make_slow_pusher(self) -> Any:
+        shard_cursor = [0]
+
+        def push_slow() -> None:
+            shard = shard_cursor[0]
+            shard_cursor[0] = (shard + 1) % self.market.shard_count
+            self.push("slow", shard)
+
+        return push_slow
+
+    def enforce_lifetimes(self) -> None:
+        now = time.monotonic()
+        rotate_after = self.faults.param("rotate", "after") if self.faults.is_on("rotate") else None
+        for connection, info in list(self.connections.items()):
+            if info.close_cause is not None:
+                continue
+            age = now - info.opened_at
+            if age >= self.config.connection_lifetime:
+                self.close_connection(connection, "lifetime", reason="connection lifetime exceeded")
+            elif rotate_after is not None and age >= rotate_after:
+                self.close_connection(connection, "rotate", reason="connection lifetime exceeded (rotate)")
+
+    # --- reporting ----------------------------------------------------------------------------------------------
+
+    def status(self) -> Dict[str, Any]:
+        by_path: Dict[str, int] = {}
+        for info in self.connections.values():
+            by_path[info.label] = by_path.get(info.label, 0) + 1
+        return {
+            "faults": self.faults.describe(),
+            "connections": {"total": len(self.connections), "byPath": by_path},
+            "connectionsOpened": self.connections_opened,
+            "connectionsClosed": dict(self.closed_by_cause),
+            "handshakesRefused": self.handshakes_refused,
+            "subscribers": {
+                ("stream" if combined else "ws") + "-" + speed: len(group)
+                for (combined, speed), group in self.subscribers.items()
+            },
+            "pushes": dict(self.pushes),
+            "pushesSent": sum(self.pushes.values()),
+            "framesSent": self.frames_sent,
+            "marketTicks": self.market.ticks,
+            "frozen": self.market.frozen,
+            "restRequests": self.rest_requests,
+            "symbolCount": self.market.symbol_count,
+            "perpetualCount": self.market.perpetual_count,
+            "shardSizes": [len(shard) for shard in self.market.shards],
+            "seed": self.market.seed,
+            "port": self.port,
+            "uptimeSeconds": round(time.monotonic() - self.started_at, 3),
+            "config": {
+                "pushInterval": self.config.push_interval,
+                "fastPushInterval": self.config.fast_push_interval,
+                "pingInterval": self.config.ping_interval,
+                "pingTimeout": self.config.ping_timeout,
+                "connectionLifetime": self.config.connection_lifetime,
+            },
+        }
+
+
+def _close_code(connection: ServerConnection) -> Any:
+    code = getattr(connection, "close_code", None)
+    return code if code is not None else 1006
+
+
+def _close_reason(connection: ServerConnection) -> str:
+    return getattr(connection, "close_reason", None) or ""
+
+
+# --- main ---------------------------------------------------------------------------------------------------------
+
+
+def _write_port_file(path: str, port: int) -> None:
+    temporary = f"{path}.{os.getpid()}.tmp"
+    with open(temporary, "w", encoding="ascii") as handle:
+        handle.write(f"{port}\n")
+    os.replace(temporary, path)
+
+
+async def run(config: argparse.Namespace) -> int:
+    market = Market(config.seed, config.symbols, _now_ms())
+    simulator = Simulator(config, market, FaultState())
+    for name, params in config.fault:
+        simulator.apply_fault(name, params, "command line")
+
+    server = await serve(
+        simulator.handler,
+        config.host,
+        config.port,
+        process_request=simulator.process_request,
+        create_connection=SimServerConnection,
+        compression=None,  # Binance does not compress; compression would also defeat encode-once broadcasting
+        ping_interval=config.ping_interval,
+        ping_timeout=config.ping_timeout,
+        close_timeout=5,
+        max_size=2**16,
+        server_header="binance-simulator",
+    )
+    simulator.port = server.sockets[0].getsockname()[1]
+    if config.port_file:
+        _write_port_file(config.port_file, simulator.port)
+    LOG.info(
+        "listening on http://%s:%d (ws://%s:%d/market/stream?streams=!markPrice@arr): %d contracts, %d perpetuals, "
+        "shards %s, pushes every %gs (@1s: %gs), pings every %ss, seed %d",
+        config.host, simulator.port, config.host, simulator.port, market.symbol_count, market.perpetual_count,
+        [len(shard) for shard in market.shards], config.push_interval, config.fast_push_interval,
+        config.ping_interval, config.seed,
+    )
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signal_number in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signal_number, stop.set)
+    tasks = [
+        asyncio.ensure_future(simulator._periodic(config.fast_push_interval, simulator.make_market_ticker())),
+        asyncio.ensure_future(simulator._periodic(config.push_interval, simulator.make_slow_pusher())),
+        asyncio.ensure_future(simulator._periodic(HOUSEKEEPING_SECONDS, simulator.enforce_lifetimes)),
+    ]
+    await stop.wait()
+    LOG.info("stopping: closing %d connections", len(simulator.connections))
+    for task in tasks:
+        task.cancel()
+    server.close()
+    try:
+        await asyncio.wait_for(server.wait_closed(), timeout=5)
+    except asyncio.TimeoutError:
+        LOG.warning("some connections did not close within 5 s")
+    LOG.info("stopped")
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    config = parse_config(argv)
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=config.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # websockets logs every plain HTTP answer at INFO; keep the log to one line per WebSocket event.
+    logging.getLogger("websockets").setLevel(logging.DEBUG if config.log_level == "DEBUG" else logging.WARNING)
+    try:
+        return asyncio.run(run(config))
+    except OSError as exc:
+        LOG.error("cannot listen on %s:%s: %s", config.host, config.port, exc)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
