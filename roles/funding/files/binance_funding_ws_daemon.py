@@ -406,10 +406,7 @@ class Supervisor:
         next_summary = time.monotonic() + self.summary_seconds
         last_summary_frames = 0
         while not self.stop_requested.is_set():
-            self.wake.wait(SUPERVISOR_TICK_SECONDS)
             self.wake.clear()
-            if self.stop_requested.is_set():
-                break
             self.step(time.monotonic())
             now = time.monotonic()
             if watchdog_every is not None and now >= next_watchdog and self.writer.is_alive():
@@ -420,6 +417,7 @@ class Supervisor:
                 last_summary_frames = self.log_summary(last_summary_frames)
                 self._notify_status()
                 next_summary = now + self.summary_seconds
+            self.wake.wait(SUPERVISOR_TICK_SECONDS)
 
     def step(self, now: float) -> None:
         for connection in list(self.retired):
@@ -454,20 +452,23 @@ class Supervisor:
         return connection
 
     def _primary_closed(self, connection: Connection, now: float) -> None:
-        up = "" if connection.opened_at is None else " after %.1f s connected" % (
-            (connection.closed_at or now) - connection.opened_at)
+        if connection.opened_at is None:
+            what = "connection #%d failed" % connection.number
+        else:
+            what = "disconnected #%d after %.1f s connected" % (
+                connection.number, (connection.closed_at or now) - connection.opened_at)
         self.feed.update_status(last_disconnect_time=time.time(), last_disconnect_reason=connection.close_reason)
         if self.candidate is not None:
-            log.warning("disconnected #%d%s: %s; continuing on connection #%d", connection.number, up,
-                        connection.close_reason, self.candidate.number)
+            log.warning("%s: %s; continuing on connection #%d", what, connection.close_reason,
+                        self.candidate.number)
             self.primary, self.candidate = self.candidate, None
             return
         self.primary = None
         delay = self.backoff.next_delay()
         self.next_attempt_at = now + delay
         self.feed.update_status(reconnect_attempts=self.backoff.attempts)
-        log.warning("disconnected #%d%s: %s; reconnecting in %.2f s (attempt %d)", connection.number, up,
-                    connection.close_reason, delay, self.backoff.attempts)
+        log.warning("%s: %s; reconnecting in %.2f s (attempt %d)", what, connection.close_reason, delay,
+                    self.backoff.attempts)
 
     def _rotation_failed(self, connection: Connection, now: float) -> None:
         self.candidate = None
@@ -501,7 +502,7 @@ class Supervisor:
             reason = "no markPriceUpdate for %.1f s on %s" % (silent, self.url)
             if url_is_legacy(self.url):
                 reason += LEGACY_HINT
-            log.warning("connection #%d: %s; closing it", connection.number, reason)
+            log.info("connection #%d silent for %.1f s: closing it", connection.number, silent)
             connection.request_close(reason)
 
     def _maybe_rotate(self, now: float) -> None:
