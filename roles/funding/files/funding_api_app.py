@@ -38,7 +38,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 import bottle
 from funding_api_metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from funding_api_metrics import RequestCounter, render_metrics
-from funding_api_view import SORT_KEYS, SnapshotView, StateViews, SymbolRecord, age_text
+from funding_api_view import SORT_KEYS, SnapshotView, StateViews, age_text, encode_records
 from funding_state import StateSnapshot
 
 log = logging.getLogger("funding_api")
@@ -149,13 +149,12 @@ def evaluate_health(view: Optional[SnapshotView], snapshot: StateSnapshot, now: 
     return Health(not reasons, body)
 
 
-def _record_list(records: Iterable[SymbolRecord], now: float) -> bytes:
-    return b"[" + b",".join(r.encode(now) for r in records) + b"]"
-
-
-def _object_with_data(data: bytes, rest: Dict[str, Any]) -> bytes:
-    """{"data": <pre-encoded list>, ...rest} without decoding and re-encoding the list."""
-    return b'{"data":' + data + b"," + dumps(rest)[1:]
+def _object_with_data(data: List[bytes], rest: Dict[str, Any]) -> bytes:
+    """{"data": <pre-encoded list>, ...rest}, joined once, without re-encoding the records."""
+    data.insert(0, b'{"data":')
+    data.append(b",")
+    data.append(dumps(rest)[1:])
+    return b"".join(data)
 
 
 class JsonBottle(bottle.Bottle):
@@ -230,7 +229,8 @@ def build_app(views: StateViews, config: ApiConfig, counter: RequestCounter) -> 
         now = config.clock()
         found = [view.records[s] for s in wanted if s in view.records]
         missing = [s for s in wanted if s not in view.records]
-        stale = [r.symbol for r in found if r.age(now) > config.stale_seconds]
+        cutoff = now - config.stale_seconds
+        stale = [r.symbol for r in found if r.updated_at < cutoff]
         rest = {
             "found": len(found),
             "missing": len(missing),
@@ -240,7 +240,7 @@ def build_app(views: StateViews, config: ApiConfig, counter: RequestCounter) -> 
             "staleThresholdSeconds": config.stale_seconds,
             "stateFileError": snapshot.error,
         }
-        return _reply(200, _object_with_data(_record_list(found, now), rest))
+        return _reply(200, _object_with_data(encode_records(found, now), rest))
 
     @app.get("/funding/<symbol>")
     def one_symbol(symbol: str) -> bytes:
@@ -304,16 +304,17 @@ def build_app(views: StateViews, config: ApiConfig, counter: RequestCounter) -> 
         if limit is not None:
             records = records[:limit]
         now = config.clock()
+        cutoff = now - config.stale_seconds
         rest = {
             "count": len(records),
             "matched": matched,
             "total": view.count,
-            "staleSymbols": [r.symbol for r in records if r.age(now) > config.stale_seconds],
+            "staleSymbols": [r.symbol for r in records if r.updated_at < cutoff],
             "staleThresholdSeconds": config.stale_seconds,
             "stateUpdatedAt": view.state_updated_at,
             "stateFileError": snapshot.error,
         }
-        return _reply(200, _object_with_data(_record_list(records, now), rest))
+        return _reply(200, _object_with_data(encode_records(records, now), rest))
 
     @app.get("/metrics")
     def metrics() -> bytes:

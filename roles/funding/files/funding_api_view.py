@@ -14,7 +14,7 @@ import logging
 import math
 import threading
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from funding_state import StateReader, StateSnapshot
 
@@ -69,6 +69,26 @@ class SymbolRecord:
 
     def encode(self, now: float) -> bytes:
         return self.head + b',"ageSeconds":' + age_text(now, self.updated_at) + b"}"
+
+
+def encode_records(records: Iterable[SymbolRecord], now: float) -> List[bytes]:
+    """The pieces of a JSON list of records with their ages at `now`, for one final b"".join.
+
+    The daemon stamps every symbol of one frame with the same updatedAt, so the
+    age text is computed once per distinct timestamp rather than per symbol.
+    """
+    tails: Dict[float, bytes] = {}
+    parts: List[bytes] = [b"["]
+    for record in records:
+        tail = tails.get(record.updated_at)
+        if tail is None:
+            tail = tails[record.updated_at] = b',"ageSeconds":' + age_text(now, record.updated_at) + b"},"
+        parts.append(record.head)
+        parts.append(tail)
+    if len(parts) > 1:
+        parts[-1] = parts[-1][:-1]  # no comma after the last record
+    parts.append(b"]")
+    return parts
 
 
 SORT_KEYS: Dict[str, Callable[[SymbolRecord], Any]] = {
