@@ -546,7 +546,12 @@ class HealthMonitor:
         if response.status == 200:
             self.report.add_info("API health check: %s" % (status or "ok"))
         else:
-            self.report.error("API health check: %s (HTTP %d)" % (status or "unhealthy", response.status))
+            reasons = body.get("reasons")
+            detail = "; ".join(r for r in reasons if isinstance(r, str)) if isinstance(reasons, list) else ""
+            self.report.error(
+                "API health check: %s (HTTP %d%s)"
+                % (status or "unhealthy", response.status, (": " + detail) if detail else "")
+            )
         count = body.get("symbolCount")
         if _is_number(count):
             entry["symbol_count"] = count
