@@ -7,7 +7,8 @@ set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 DEBIAN_MIRROR=${FUNDING_DEBIAN_MIRROR:-http://deb.debian.org/debian}
-IMAGE_PACKAGES=systemd,systemd-sysv,dbus,python3,python3-venv,python3-apt,sudo,curl,ca-certificates,iproute2,procps
+# What the role and the tests need in the image: nothing is installed in it later (its containers have no network).
+IMAGE_PACKAGES=systemd,systemd-sysv,dbus,python3,python3-venv,python3-apt,python3-packaging,sudo,curl,ca-certificates,iproute2,procps
 STARTED_DOCKERD=0
 mkdir -p "$CACHE_DIR"
 
@@ -82,14 +83,15 @@ mkdir -p "$CACHE_DIR"
 # build_image IMAGE SUITE: a systemd-enabled Debian image from Debian's packages, once.
 build_image() {
   local image=$1 suite=$2 rootfs
-  if docker image inspect "$image" >/dev/null 2>&1; then
-    log "image $image exists, reusing it"
-    return 0
-  fi
   case "$image" in
     binance-funding/*) ;;
     *) log "image $image is not one this project builds; molecule will pull it"; return 0 ;;
   esac
+  if [ "$(docker image inspect --format '{{ index .Config.Labels "funding.packages" }}' "$image" 2>/dev/null)" \
+      = "$IMAGE_PACKAGES" ]; then
+    log "image $image exists, reusing it"
+    return 0
+  fi
   is_root || die "building $image needs root (debootstrap); run as root or set the MOLECULE_*_IMAGE variables"
   rootfs=$(mktemp -d "$CACHE_DIR/rootfs-$suite.XXXXXX")
   log "building $image with debootstrap ($suite from $DEBIAN_MIRROR), about 1-2 minutes"
@@ -101,7 +103,8 @@ build_image() {
   fi
   # Keep the image small and apt usable inside it.
   rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
-  if ! tar -C "$rootfs" -c . | docker import -c 'CMD ["/lib/systemd/systemd"]' -c 'ENV container=docker' - "$image" \
+  if ! tar -C "$rootfs" -c . | docker import -c 'CMD ["/lib/systemd/systemd"]' -c 'ENV container=docker' \
+      -c "LABEL funding.packages=$IMAGE_PACKAGES" - "$image" \
       >/dev/null; then
     rm -rf "$rootfs"
     die "docker import of $image failed"

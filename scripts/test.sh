@@ -12,7 +12,14 @@ cd "$REPO_ROOT" || exit 1
 what=${1:-all}
 shift || true
 SCENARIOS=("$@")
-[ ${#SCENARIOS[@]} -gt 0 ] || mapfile -t SCENARIOS < <(cd molecule && for d in */molecule.yml; do dirname "$d"; done)
+# Every scenario but the demo, default first.
+if [ ${#SCENARIOS[@]} -eq 0 ]; then
+  SCENARIOS=(default)
+  for dir in molecule/*/; do
+    name=$(basename "$dir")
+    [ -f "$dir/molecule.yml" ] && [ "$name" != default ] && [ "$name" != demo ] && SCENARIOS+=("$name")
+  done
+fi
 
 started=$(date +%s)
 finish() {
