@@ -154,7 +154,8 @@ def test_negative_funding_rate_is_valid():
 @pytest.mark.parametrize(
     "price",
     ["NaN", "nan", "Infinity", "-Infinity", "inf", float("nan"), float("inf"), "-1", "-91520.0", "0", "0.0", 0, -5,
-     "1e400", "9" * 400, "\u0663\u0660", "\uff11", "1e13", 10**13, "abc", "", " ", "1,5", "0x10", "1_000", "91520.0 ", True, False, None,
+     "1e400", "9" * 400, "\u0663\u0660", "\uff11",
+     "1e13", 10**13, "abc", "", " ", "1,5", "0x10", "1_000", "91520.0 ", True, False, None,
      [], {}, ["91520"], {"v": "1"}, _MISSING],
 )
 def test_bad_mark_price_rejects_the_item(price):

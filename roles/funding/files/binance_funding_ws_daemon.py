@@ -74,7 +74,7 @@ SETTINGS = (
             funding_settings.positive_float),
     Setting("FUNDING_CONNECT_TIMEOUT_SECONDS", "10", "timeout of the TCP/TLS/WebSocket handshake",
             funding_settings.positive_float),
-    Setting("FUNDING_WRITE_COALESCE_SECONDS", "0.01",
+    Setting("FUNDING_WRITE_COALESCE_SECONDS", "0.005",
             "after a change, wait this long for more before writing the state file once",
             funding_settings.non_negative_float),
     Setting("FUNDING_WRITE_HEARTBEAT_SECONDS", "5",
@@ -339,8 +339,10 @@ class Connection:
             self.last_data_at = now
 
 
-def describe_error(exc: BaseException) -> str:
-    text = str(exc).strip()
+def describe_error(exc: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(exc).split())
+    if len(text) > limit:
+        text = text[:limit] + "..."
     return "%s: %s" % (type(exc).__name__, text) if text else type(exc).__name__
 
 
