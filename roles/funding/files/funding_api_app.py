@@ -117,7 +117,7 @@ def evaluate_health(view: Optional[SnapshotView], snapshot: StateSnapshot, now: 
     if snapshot.error is not None:
         served = "serving the last good state" if view else "no state to serve"
         reasons.append("state_file: %s; %s" % (snapshot.error, served))
-    if view is None or not view.connected:
+    if view is not None and not view.connected:
         reasons.append("disconnected: the daemon reports its WebSocket disconnected")
     if view is not None and view.count == 0:
         reasons.append("no_symbols: the state holds no symbols")

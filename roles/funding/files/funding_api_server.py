@@ -92,7 +92,8 @@ class JsonErrorTask(ErrorTask):
     def execute(self) -> None:
         error = self.request.error
         code = error.code if 400 <= error.code < 500 else 400
-        body = error_body(code, "bad_request", "%s: %s" % (error.reason, error.body))
+        kind = {413: "body_too_large", 431: "headers_too_large"}.get(code, "bad_request")
+        body = error_body(code, kind, "%s: %s" % (error.reason, error.body))
         counter = getattr(self.channel.server, "request_counter", None)
         if counter is not None:
             counter.count("other", str(code))

@@ -1,0 +1,287 @@
+"""Helpers for the API tests: state files, the real server as a subprocess, raw HTTP.
+
+The server is started exactly as systemd starts it (the script, FUNDING_*
+variables, a NOTIFY_SOCKET), on port 0; the READY=1 message carries the
+address it listens on, so the tests also prove READY comes once it listens.
+No tests live here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import funding_state
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SERVER = REPO / "roles" / "funding" / "files" / "funding_api_server.py"
+START_DEADLINE = 30.0
+STOP_DEADLINE = 15.0
+HTTP_TIMEOUT = 15.0
+
+
+def record(now: float, age: float = 1.0, rate: float = 0.0001, price: float = 100.0, **extra: Any) -> Dict[str, Any]:
+    rec = {
+        "fundingRate": rate,
+        "markPrice": price,
+        "indexPrice": price + 0.5,
+        "nextFundingTime": 1764748800000,
+        "updatedAt": now - age,
+        "eventTime": int((now - age) * 1000),
+    }
+    rec.update(extra)
+    return rec
+
+
+def write_state(
+    path: Path,
+    symbols: Dict[str, Dict[str, Any]],
+    connected: bool = True,
+    now: Optional[float] = None,
+    **status: Any,
+) -> None:
+    now = time.time() if now is None else now
+    conn = funding_state.new_connection_status(
+        connected=connected, last_connected_time=now - 60, messages_received=1234, **status
+    )
+    payload = funding_state.build_payload(symbols, conn, now, 4242)
+    funding_state.write_state_atomic(str(path), payload)
+
+
+def fresh_symbols(now: Optional[float] = None, count: int = 0) -> Dict[str, Dict[str, Any]]:
+    """BTCUSDT, ETHUSDT, SOLUSDC (8 h, 4 h, unknown interval) plus `count` generated USDT symbols."""
+    now = time.time() if now is None else now
+    symbols = {
+        "BTCUSDT": record(now, age=2.0, rate=0.00001864, price=91897.67414493, fundingIntervalHours=8),
+        "ETHUSDT": record(now, age=1.0, rate=-0.0002, price=3000.5, fundingIntervalHours=4),
+        "SOLUSDC": record(now, age=0.5, rate=0.0003, price=140.25),
+    }
+    for i in range(count):
+        symbols["GEN%04dUSDT" % i] = record(now, age=1.0, rate=((i % 11) - 5) * 1e-5, price=1.0 + i)
+    return symbols
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: Dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def header(self, name: str) -> Optional[str]:
+        return self.headers.get(name.lower())
+
+
+def parse_response(data: bytes) -> Reply:
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ", 2)[1])
+    headers: Dict[str, str] = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    if "content-length" in headers:
+        body = body[: int(headers["content-length"])]
+    return Reply(status, headers, body)
+
+
+def raw_request(port: int, request: bytes, timeout: float = HTTP_TIMEOUT) -> Reply:
+    """Send bytes exactly as given on a new connection; read until the server closes it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        chunks: List[bytes] = []
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            data = b"".join(chunks)
+            head, sep, body = data.partition(b"\r\n\r\n")
+            if sep:
+                reply = parse_response(data)
+                length = reply.headers.get("content-length")
+                if length is not None and len(body) >= int(length):
+                    return reply
+    return parse_response(b"".join(chunks))
+
+
+def get(port: int, target: str, method: str = "GET", headers: Optional[Dict[str, str]] = None) -> Reply:
+    lines = ["%s %s HTTP/1.1" % (method, target), "Host: 127.0.0.1", "Connection: close"]
+    lines += ["%s: %s" % item for item in (headers or {}).items()]
+    request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    if method == "HEAD":
+        return head_request(port, request)
+    return raw_request(port, request)
+
+
+def head_request(port: int, request: bytes) -> Reply:
+    with socket.create_connection(("127.0.0.1", port), timeout=HTTP_TIMEOUT) as sock:
+        sock.sendall(request)
+        data = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    reply = parse_response(head + b"\r\n\r\n")
+    reply.body = body
+    return reply
+
+
+def short_tempdir() -> str:
+    # AF_UNIX paths are limited to 107 bytes; pytest's tmp_path can be longer.
+    return tempfile.mkdtemp(prefix="api-", dir="/tmp")
+
+
+@dataclass
+class ApiProcess:
+    process: subprocess.Popen
+    port: int
+    state_file: Path
+    log_path: Path
+    notify: socket.socket
+    workdir: str
+    notifications: List[str] = field(default_factory=list)
+
+    def url(self, target: str) -> str:
+        return "http://127.0.0.1:%d%s" % (self.port, target)
+
+    def get(self, target: str, **kwargs: Any) -> Reply:
+        return get(self.port, target, **kwargs)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def receive_notifications(self, until: str, deadline: float) -> List[str]:
+        """Collect sd_notify datagrams until one contains `until` or the deadline passes."""
+        end = time.monotonic() + deadline
+        while time.monotonic() < end:
+            self.notify.settimeout(max(0.05, min(1.0, end - time.monotonic())))
+            try:
+                message = self.notify.recv(4096).decode("utf-8", "replace")
+            except socket.timeout:
+                if self.process.poll() is not None:
+                    break
+                continue
+            self.notifications.append(message)
+            if until in message:
+                break
+        return self.notifications
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(STOP_DEADLINE)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(STOP_DEADLINE)
+        return self.process.returncode
+
+    def close(self) -> None:
+        try:
+            self.stop()
+        finally:
+            self.notify.close()
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def start_api(
+    state_file: Optional[Path] = None, env: Optional[Dict[str, str]] = None, workdir: Optional[str] = None
+) -> ApiProcess:
+    workdir = workdir or short_tempdir()
+    state_file = state_file or Path(workdir) / "state.json"
+    notify_path = os.path.join(workdir, "notify.sock")
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(notify_path)
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("FUNDING_", "WATCHDOG_", "NOTIFY_"))}
+    full_env.update(
+        {
+            "FUNDING_API_HOST": "127.0.0.1",
+            "FUNDING_API_PORT": "0",
+            "FUNDING_STATE_FILE": str(state_file),
+            "FUNDING_LOG_LEVEL": "INFO",
+            "NOTIFY_SOCKET": notify_path,
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    full_env.update(env or {})
+    log_path = Path(workdir) / "api.log"
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, str(SERVER)], env=full_env, stdout=log_file, stderr=subprocess.STDOUT
+        )
+    api = ApiProcess(process, 0, state_file, log_path, notify, workdir)
+    try:
+        messages = api.receive_notifications("READY=1", START_DEADLINE)
+        ready = [m for m in messages if "READY=1" in m]
+        if not ready:
+            raise RuntimeError("API did not report READY=1; log:\n%s" % api.log())
+        # STATUS=listening on http://127.0.0.1:PORT
+        api.port = int(ready[0].rsplit(":", 1)[1].strip())
+    except BaseException:
+        api.close()
+        raise
+    return api
+
+
+@pytest.fixture(scope="module")
+def api_workdir():
+    workdir = short_tempdir()
+    yield workdir
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def api(api_workdir):
+    """One real server per test module; each test writes the state file it needs."""
+    state_file = Path(api_workdir) / "state.json"
+    write_state(state_file, fresh_symbols())
+    server = start_api(state_file, workdir=api_workdir)
+    yield server
+    server.close()
+
+
+def assert_json_response(reply: Reply) -> Any:
+    assert reply.header("content-type") == "application/json", reply
+    assert reply.header("cache-control") == "no-store", reply
+    return reply.json()
+
+
+def assert_json_error(reply: Reply, status: int) -> Dict[str, Any]:
+    assert reply.status == status, reply
+    body = assert_json_response(reply)
+    assert body["status"] == status
+    assert isinstance(body["error"], str) and isinstance(body["detail"], str)
+    assert "Traceback" not in reply.body.decode("utf-8", "replace")
+    return body
+
+
+def wait_until(predicate: Any, deadline: float = 15.0, interval: float = 0.05) -> Any:
+    end = time.monotonic() + deadline
+    while True:
+        value = predicate()
+        if value or time.monotonic() > end:
+            return value
+        time.sleep(interval)
+
+
+def free_port() -> Tuple[socket.socket, int]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1)
+    return sock, sock.getsockname()[1]

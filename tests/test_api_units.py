@@ -1,0 +1,291 @@
+"""The API's pieces without HTTP (WSGI calls, views), and the program's life cycle as systemd sees it."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import funding_api_server
+import funding_state
+import pytest
+from funding_api_app import ApiConfig, build_app
+from funding_api_metrics import RequestCounter
+from funding_api_view import SnapshotView, StateViews
+from funding_state import StateReader
+from prometheus_client.parser import text_string_to_metric_families
+from test_api_support import (
+    SERVER,
+    Reply,
+    assert_json_error,
+    free_port,
+    fresh_symbols,
+    record,
+    start_api,
+    write_state,
+)
+
+
+def call(app, path, query="", method="GET"):
+    environ = {
+        "REQUEST_METHOD": method,
+        "PATH_INFO": path,
+        "QUERY_STRING": query,
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "8888",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(b""),
+        "wsgi.errors": io.StringIO(),
+    }
+    started = {}
+
+    def start_response(status, headers, exc_info=None):
+        started["status"] = status
+        started["headers"] = dict(headers)
+
+    body = b"".join(app(environ, start_response))
+    return int(started["status"][:3]), started["headers"], body
+
+
+@pytest.fixture
+def state_file(tmp_path):
+    path = tmp_path / "state.json"
+    write_state(path, fresh_symbols())
+    return path
+
+
+def make_app(path, clock=time.time):
+    views = StateViews(StateReader(str(path)))
+    return build_app(views, ApiConfig(stale_seconds=180, clock=clock), RequestCounter()), views
+
+
+class ExplodingViews(StateViews):
+    def current(self):
+        raise RuntimeError("secret internal detail")
+
+
+def test_an_unexpected_exception_is_a_logged_500_json_without_traceback(state_file, caplog):
+    app = build_app(ExplodingViews(StateReader(str(state_file))), ApiConfig(), RequestCounter())
+    with caplog.at_level(logging.ERROR, logger="funding_api"):
+        status, headers, body = call(app, "/funding/BTCUSDT")
+    assert status == 500
+    assert headers["Content-Type"] == "application/json" and headers["Cache-Control"] == "no-store"
+    parsed = json.loads(body)
+    assert parsed["error"] == "internal_error"
+    assert b"secret internal detail" not in body and b"Traceback" not in body
+    assert any(r.exc_info and "secret internal detail" in str(r.exc_info[1]) for r in caplog.records)
+
+
+def test_an_unexpected_exception_on_head_sends_no_body(state_file):
+    app = build_app(ExplodingViews(StateReader(str(state_file))), ApiConfig(), RequestCounter())
+    status, _, body = call(app, "/funding/health", method="HEAD")
+    assert status == 500 and body == b""
+
+
+def test_non_finite_and_odd_values_in_the_state_become_null_not_invalid_json(tmp_path):
+    path = tmp_path / "state.json"
+    # Python's json reads NaN/Infinity, and the contract only checks the price and rate fields.
+    path.write_text(
+        '{"funding_state": {"BTCUSDT": {"fundingRate": 0.0001, "markPrice": 1.0, "indexPrice": 1.0,'
+        ' "nextFundingTime": NaN, "fundingIntervalHours": [8], "updatedAt": %f}},'
+        ' "connection_status": {"connected": "yes", "messages_received": Infinity,'
+        ' "last_connected_time": {"x": 1}}, "updated_at": %f}' % (time.time(), time.time())
+    )
+    app, _ = make_app(path)
+    status, _, body = call(app, "/funding/BTCUSDT")
+    assert status == 200
+    parsed = json.loads(body, parse_constant=lambda name: pytest.fail("non-standard JSON constant %s" % name))
+    assert parsed["nextFundingTime"] is None and parsed["fundingIntervalHours"] is None
+    status, _, body = call(app, "/funding/health")
+    health = json.loads(body, parse_constant=lambda name: pytest.fail("non-standard JSON constant %s" % name))
+    assert status == 503 and health["websocketConnected"] is False
+    assert health["messagesReceived"] is None and health["lastConnectedTime"] is None
+    status, _, body = call(app, "/metrics")
+    names = {f.name for f in text_string_to_metric_families(body.decode())}
+    assert status == 200 and "funding_daemon_messages_received" in names
+
+
+def test_age_is_never_negative_when_updated_at_is_in_the_future(tmp_path):
+    path = tmp_path / "state.json"
+    now = time.time()
+    write_state(path, {"BTCUSDT": record(now, age=-30.0)}, now=now)
+    app, _ = make_app(path)
+    _, _, body = call(app, "/funding/BTCUSDT")
+    assert json.loads(body)["ageSeconds"] == 0.0
+
+
+def test_age_is_measured_at_the_request_to_the_millisecond(tmp_path):
+    path = tmp_path / "state.json"
+    write_state(path, {"BTCUSDT": record(1000.0, age=0.0)}, now=1000.0)
+    clock = [1012.3456]
+    app, _ = make_app(path, clock=lambda: clock[0])
+    assert json.loads(call(app, "/funding/BTCUSDT")[2])["ageSeconds"] == 12.346
+    clock[0] = 1179.9
+    assert call(app, "/funding/BTCUSDT")[0] == 200
+    clock[0] = 1180.1
+    assert call(app, "/funding/BTCUSDT")[0] == 503
+
+
+def test_views_are_rebuilt_only_when_the_reader_parsed_a_new_file(state_file):
+    views = StateViews(StateReader(str(state_file)))
+    first, _ = views.current()
+    assert views.current()[0] is first
+    write_state(state_file, fresh_symbols(count=5))
+    second, _ = views.current()
+    assert second is not first and second.count == 8 and second.loads == first.loads + 1
+
+
+def test_a_view_sorts_records_without_funding_rate_last():
+    now = time.time()
+    payload = funding_state.build_payload(
+        {
+            "AUSDT": record(now, rate=0.0002),
+            "BUSDT": dict(record(now), fundingRate=None),
+            "CUSDT": record(now, rate=-0.0001),
+        },
+        funding_state.new_connection_status(),
+        now,
+        1,
+    )
+    view = SnapshotView(payload, loads=1, loaded_at=now)
+    assert [r.symbol for r in view.sorted_records("fundingRate")] == ["CUSDT", "AUSDT", "BUSDT"]
+    assert [r.symbol for r in view.sorted_records("-fundingRate")] == ["AUSDT", "CUSDT", "BUSDT"]
+
+
+def test_waitress_adjustments_bound_slow_and_large_requests():
+    adjustments = funding_api_server.waitress_adjustments("127.0.0.1", 0, 4, 200, 30)
+    assert adjustments["threads"] == 4 and adjustments["connection_limit"] == 200
+    assert adjustments["channel_timeout"] == 30 and adjustments["cleanup_interval"] <= 10
+    assert adjustments["ident"] == "" and adjustments["expose_tracebacks"] is False
+    # A 1000-symbol batch URL (about 41 KB) must fit under the header limit.
+    assert adjustments["max_request_header_size"] > 1000 * 41 + 1024
+
+
+# --- the program ------------------------------------------------------------------------------------------------
+
+
+def run_program(*args, env=None, timeout=30):
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("FUNDING_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, str(SERVER), *args], check=False, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_help_lists_every_setting_and_exits_0():
+    result = run_program("--help")
+    assert result.returncode == 0
+    for setting in funding_api_server.SETTINGS:
+        assert setting.env in result.stdout
+        assert "[%s]" % setting.default in result.stdout
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"FUNDING_API_PORT": "http"},
+        {"FUNDING_API_PORT": "70000"},
+        {"FUNDING_STALE_SECONDS": "-1"},
+        {"FUNDING_API_THREADS": "0"},
+        {"FUNDING_LOG_LEVEL": "LOUD"},
+    ],
+)
+def test_bad_configuration_exits_2_naming_the_variable(env):
+    result = run_program(env=env)
+    assert result.returncode == 2
+    assert next(iter(env)) in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_port_already_in_use_exits_1_with_a_message(tmp_path):
+    holder, port = free_port()
+    try:
+        result = run_program(env={"FUNDING_API_PORT": str(port), "FUNDING_STATE_FILE": str(tmp_path / "s.json")})
+    finally:
+        holder.close()
+    assert result.returncode == 1
+    assert "cannot listen" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_ready_once_listening_then_sigterm_stops_cleanly_with_status_0(tmp_path):
+    write_state(tmp_path / "state.json", fresh_symbols())
+    api = start_api(tmp_path / "state.json")
+    try:
+        assert api.notifications[0].startswith("READY=1")
+        # READY carried the port, and the port answers.
+        assert api.get("/funding/BTCUSDT").status == 200
+        api.process.send_signal(signal.SIGTERM)
+        assert api.process.wait(20) == 0
+        api.receive_notifications("STOPPING=1", 5)
+        assert any("STOPPING=1" in m for m in api.notifications)
+        assert "Traceback" not in api.log() and "stopped" in api.log()
+    finally:
+        api.close()
+
+
+def test_the_watchdog_is_fed_only_by_answered_self_checks(tmp_path):
+    write_state(tmp_path / "state.json", fresh_symbols())
+    # WatchdogSec=1 s: a self-check and WATCHDOG=1 every 0.5 s.
+    api = start_api(tmp_path / "state.json", env={"WATCHDOG_USEC": "1000000"})
+    try:
+        messages = api.receive_notifications("WATCHDOG=1", 20)
+        assert "WATCHDOG=1" in messages
+        # The pings come from real requests: they show up as answered /funding/health requests.
+        reply = api.get("/metrics")
+        families = {f.name: f for f in text_string_to_metric_families(reply.body.decode())}
+        health_requests = [
+            s.value for s in families["funding_api_requests"].samples if s.labels.get("route") == "/funding/health"
+        ]
+        assert health_requests and health_requests[0] >= 1
+        # Stop the server from answering (SIGSTOP): no more pings arrive.
+        api.process.send_signal(signal.SIGSTOP)
+        try:
+            api.notify.settimeout(0.2)
+            while True:  # drain what was already sent
+                try:
+                    api.notify.recv(4096)
+                except OSError:
+                    break
+            api.notifications.clear()
+            api.receive_notifications("WATCHDOG=1", 2.5)
+            assert "WATCHDOG=1" not in api.notifications
+        finally:
+            api.process.send_signal(signal.SIGCONT)
+    finally:
+        api.close()
+
+
+def test_self_check_reports_a_server_that_does_not_answer():
+    silent, port = free_port()  # listens but never answers
+    try:
+        problem = funding_api_server.self_check("127.0.0.1", port, timeout=0.5)
+    finally:
+        silent.close()
+    assert problem is not None and "timed out" in problem.lower()
+    closed_port = free_port()
+    closed_port[0].close()
+    assert funding_api_server.self_check("127.0.0.1", closed_port[1], timeout=0.5) is not None
+
+
+def test_self_check_addresses_loopback_for_wildcard_binds():
+    assert funding_api_server.self_check_address("0.0.0.0", 8888) == ("127.0.0.1", 8888)
+    assert funding_api_server.self_check_address("::", 8888) == ("::1", 8888)
+    assert funding_api_server.self_check_address("127.0.0.1", 8888) == ("127.0.0.1", 8888)
+
+
+def test_batch_with_non_ascii_bytes_is_400_json(state_file):
+    app, _ = make_app(state_file)
+    status, headers, body = call(app, "/funding/batch", query="symbols=" + "%FF" * 10)
+    assert status == 400 and headers["Content-Type"] == "application/json"
+    assert json.loads(body)["error"] == "invalid_symbol"
+
+
+def test_the_json_error_assertion_rejects_an_html_error_page():
+    # A guard for the helper the HTTP tests rely on: a non-JSON body must fail it.
+    with pytest.raises(AssertionError):
+        assert_json_error(Reply(404, {"content-type": "text/html"}, b"<h1>nope</h1>"), 404)
