@@ -23,7 +23,11 @@ each side's timestamp (REST `time`, our `eventTime`) is part of the judgement:
     (a live rate never moves that far in seconds; think "a price stored as a
     rate"). A smaller difference is a warning ("the rate moved between the two
     reads") when the two timestamps are more than FUNDING_SPOT_SAME_MOMENT_SECONDS
-    apart, and an error when they are not (same moment, different rate).
+    (0.1 s) apart, and an error when they are not: both sides stamp a value with
+    the time it was published, so (nearly) equal timestamps mean the same
+    publication, which must carry the same rate. The tolerance is kept far below
+    the stream's 1-3 s cadence so that two different publications never count
+    as one.
   - mark price: under FUNDING_PRICE_WARN_PERCENT (0.1 %) fine, up to
     FUNDING_PRICE_ERROR_PERCENT (1 %) a warning, above it an error; the line says
     so when the two timestamps are more than FUNDING_SPOT_TIME_GAP_SECONDS apart.
@@ -102,7 +106,7 @@ SETTINGS: Tuple[Setting, ...] = (
             funding_settings.positive_float),
     Setting("FUNDING_PRICE_ERROR_PERCENT", "1.0", "spot-check mark price difference that is an error",
             funding_settings.positive_float),
-    Setting("FUNDING_SPOT_SAME_MOMENT_SECONDS", "1", "REST and local values closer than this are the same moment",
+    Setting("FUNDING_SPOT_SAME_MOMENT_SECONDS", "0.1", "REST and local values closer than this are the same moment",
             funding_settings.non_negative_float),
     Setting("FUNDING_SPOT_TIME_GAP_SECONDS", "5", "REST and local timestamps further apart than this are noted",
             funding_settings.positive_float),

@@ -161,6 +161,8 @@ class Summary:
     price_warnings: int
     price_errors: int
     stale: int
+    average_gap: Optional[float]
+    max_gap: Optional[float]
 
 
 def _bucket(value: float, limits: Sequence[Tuple[str, Optional[float]]]) -> int:
@@ -174,6 +176,7 @@ def summarize(comparison: Comparison, stale_seconds: float) -> Summary:
     rows = comparison.rows
     diffs = [r.price_diff for r in rows if r.price_diff is not None]
     percents = [r.price_diff_percent for r in rows if r.price_diff_percent is not None]
+    gaps = [r.time_gap_seconds for r in rows if r.time_gap_seconds is not None]
     absolute = [0] * len(ABSOLUTE_BUCKETS)
     relative = [0] * len(RELATIVE_BUCKETS)
     for value in diffs:
@@ -195,6 +198,8 @@ def summarize(comparison: Comparison, stale_seconds: float) -> Summary:
         price_warnings=sum(1 for r in rows if r.price_verdict == "warning"),
         price_errors=sum(1 for r in rows if r.price_verdict in ("error", "missing")),
         stale=sum(1 for r in rows if r.behind_seconds is not None and r.behind_seconds > stale_seconds),
+        average_gap=sum(gaps) / len(gaps) if gaps else None,
+        max_gap=max(gaps) if gaps else None,
     )
 
 
@@ -375,6 +380,11 @@ def render_text(comparison: Comparison, summary: Optional[Summary], limit: int) 
             lines.append(
                 "  Average relative:   %.4f%%   Max relative: %.4f%%" % (summary.average_percent, summary.max_percent)
             )
+        if summary.max_gap is not None:
+            lines.append(
+                "  REST time vs state eventTime: average %.1fs apart, at most %.1fs"
+                % (summary.average_gap, summary.max_gap)
+            )
         if summary.stale:
             lines.append("  More than the stale limit behind REST: %d symbols" % summary.stale)
     lines += ["", WIDE, "FINAL VERDICT", WIDE, *comparison.verdict_lines]
@@ -419,6 +429,8 @@ def to_json(comparison: Comparison, summary: Optional[Summary]) -> Dict[str, Any
             "price_warnings": summary.price_warnings,
             "price_errors": summary.price_errors,
             "stale": summary.stale,
+            "time_gap_seconds_average": summary.average_gap,
+            "time_gap_seconds_max": summary.max_gap,
         }
     return data
 
