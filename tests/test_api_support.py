@@ -52,9 +52,9 @@ def write_state(
     **status: Any,
 ) -> None:
     now = time.time() if now is None else now
-    conn = funding_state.new_connection_status(
-        connected=connected, last_connected_time=now - 60, messages_received=1234, **status
-    )
+    fields = {"connected": connected, "last_connected_time": now - 60, "messages_received": 1234}
+    fields.update(status)
+    conn = funding_state.new_connection_status(**fields)
     payload = funding_state.build_payload(symbols, conn, now, 4242)
     funding_state.write_state_atomic(str(path), payload)
 
