@@ -210,6 +210,7 @@ class Market:
         self.shards: List[List[str]] = [[] for _ in range(self.shard_count)]
         self.frozen = False
         self.ticks = 0
+        self._encoded: Dict[int, str] = {}  # shard -> its JSON array, until the shard next changes
         for spec in self.specs.values():
             self.shards[spec.shard].append(spec.symbol)
             quote = Quote()
@@ -244,6 +245,7 @@ class Market:
                 rate = quote.rate + 0.05 * (spec.funding_target - quote.rate) + gauss(0.0, 0.00002)
                 quote.rate = max(-spec.funding_cap, min(spec.funding_cap, rate))
             self._publish(spec, quote, now_ms)
+        self._encoded.pop(shard, None)
 
     def _publish(self, spec: SymbolSpec, quote: Quote, now_ms: int) -> None:
         quote.event_time = now_ms
@@ -280,7 +282,10 @@ class Market:
         return [self.quotes[symbol].item for symbol in self.shards[shard]]
 
     def encode_shard(self, shard: int) -> str:
-        return json.dumps(self.shard_items(shard), separators=(",", ":"))
+        encoded = self._encoded.get(shard)
+        if encoded is None:
+            encoded = self._encoded[shard] = json.dumps(self.shard_items(shard), separators=(",", ":"))
+        return encoded
 
     def premium_index_entry(self, symbol: str, skew_percent: float = 0.0) -> Dict[str, Any]:
         spec = self.specs[symbol]

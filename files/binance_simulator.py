@@ -489,11 +489,11 @@ class Simulator:
         finally:
             self._unsubscribe(connection)
             self.connections.pop(connection, None)
-            cause = info.close_cause or "client"
+            initiator, code, reason = describe_close(connection)
+            cause = info.close_cause or ("keepalive" if "keepalive" in reason else initiator)
             self.closed_by_cause[cause] = self.closed_by_cause.get(cause, 0) + 1
-            LOG.info("connection #%d closed on %s after %.1fs: %s (code %s%s)", info.number, info.label,
-                     time.monotonic() - info.opened_at, cause, _close_code(connection),
-                     ", " + _close_reason(connection) if _close_reason(connection) else "")
+            LOG.info("connection #%d closed on %s after %.1fs: %s (close %s by %s%s)", info.number, info.label,
+                     time.monotonic() - info.opened_at, cause, code, initiator, ": " + reason if reason else "")
 
     def _client_message(self, connection: ServerConnection, info: ConnectionInfo, message: Any) -> Optional[str]:
         """Binance's live-subscription protocol: SUBSCRIBE, UNSUBSCRIBE, LIST_SUBSCRIPTIONS."""
@@ -652,13 +652,16 @@ class Simulator:
         }
 
 
-def _close_code(connection: ServerConnection) -> Any:
-    code = getattr(connection, "close_code", None)
-    return code if code is not None else 1006
-
-
-def _close_reason(connection: ServerConnection) -> str:
-    return getattr(connection, "close_reason", None) or ""
+def describe_close(connection: ServerConnection) -> Tuple[str, int, str]:
+    """(who closed, code, reason) from the close frames exchanged; 1006 when none was."""
+    protocol = connection.protocol
+    sent = getattr(protocol, "close_sent", None)
+    received = getattr(protocol, "close_rcvd", None)
+    if received is not None and (sent is None or getattr(protocol, "close_rcvd_then_sent", False)):
+        return "client", received.code, received.reason
+    if sent is not None:
+        return "server", sent.code, sent.reason
+    return "connection lost", 1006, ""
 
 
 # --- main ---------------------------------------------------------------------------------------------------------
@@ -686,7 +689,7 @@ async def run(config: argparse.Namespace) -> int:
         compression=None,  # Binance does not compress; compression would also defeat encode-once broadcasting
         ping_interval=config.ping_interval,
         ping_timeout=config.ping_timeout,
-        close_timeout=5,
+        close_timeout=2,
         max_size=2**16,
         server_header="binance-simulator",
     )
