@@ -251,10 +251,9 @@ def test_legacy_url_yields_no_data_and_the_no_data_watchdog_reconnects_saying_wh
     assert re.search(r"no markPriceUpdate for [0-9.]+ s on ws://\S+/stream\?streams=!markPrice@arr - is this the "
                      r"legacy URL\? Binance moved market streams to /market", log)
     assert "not under /market" in log.split("\n")[1] or "not under /market" in log
-    state = daemon.state()
+    state = daemon.wait_for_state(lambda s: s["connection_status"]["reconnect_attempts"] >= 3, "attempts recorded")
     assert state["funding_state"] == {}
     assert state["connection_status"]["messages_received"] == 0
-    assert state["connection_status"]["reconnect_attempts"] >= 3
     assert "no markPriceUpdate" in state["connection_status"]["last_disconnect_reason"]
     assert sim.status()["connectionsOpened"] >= 3
     assert_backoff_sequence(daemon.reconnect_delays())
@@ -287,8 +286,7 @@ def test_stall_is_detected_and_reconnects_with_growing_backoff_then_resets_after
     daemon.wait_for_log(r"reconnecting in [0-9.]+ s \(attempt 4\)", timeout=40)
     assert "no markPriceUpdate for" in daemon.log
     assert "legacy URL" not in daemon.log, "the /market URL is not the legacy one"
-    stalled = daemon.state()["connection_status"]
-    assert stalled["reconnect_attempts"] >= 4
+    daemon.wait_for_state(lambda s: s["connection_status"]["reconnect_attempts"] >= 4, "attempts in the state file")
     sim.clear()
     daemon.wait_for_log(r"healthy for [0-9]+ s: reconnect delay starts over")
     daemon.wait_for_state(lambda s: s["connection_status"]["reconnect_attempts"] == 0
@@ -358,8 +356,8 @@ def test_rotation_opens_the_new_connection_and_closes_the_old_one_only_after_it_
     assert samples and all(status["connected"] for status in samples), "no moment without a connection"
     times = [status["last_message_time"] for status in samples]
     assert times == sorted(times)
-    final = daemon.state()["connection_status"]
-    assert final["rotations"] >= 2 and final["reconnect_attempts"] == 0
+    final = daemon.wait_for_state(lambda s: s["connection_status"]["rotations"] >= 2, "rotations recorded")
+    assert final["connection_status"]["reconnect_attempts"] == 0
     assert sim.status()["connectionsClosed"].get("client", 0) >= 2
 
 

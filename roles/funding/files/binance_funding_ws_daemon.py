@@ -247,7 +247,7 @@ class Connection:
         self.closed_at: Optional[float] = None
         self.close_reason: Optional[str] = None
         self.frames = 0
-        self.planned_close = False
+        self.announced = False  # "connected" logged and counted
         self._close_requested: Optional[str] = None
         self._ws: Optional[websocket.WebSocket] = None
         self._thread = threading.Thread(target=self._run, name="ws-%d" % number, daemon=True)
@@ -258,11 +258,10 @@ class Connection:
     def join(self, timeout: float) -> None:
         self._thread.join(timeout)
 
-    def request_close(self, reason: str, planned: bool = False) -> None:
+    def request_close(self, reason: str) -> None:
         """Ask the receive loop to close (it notices within RECV_POLL_SECONDS)."""
         if self._close_requested is None:
             self._close_requested = reason
-            self.planned_close = planned
 
     @property
     def closing(self) -> bool:
@@ -300,9 +299,6 @@ class Connection:
         self.opened_at = time.monotonic()
         self.state = self.OPEN
         self.wake.set()
-        if self._close_requested is not None:
-            ws.close(timeout=CLOSE_HANDSHAKE_SECONDS)
-            return self._close_requested
         ws.settimeout(RECV_POLL_SECONDS)
         while True:
             if self._close_requested is not None:
@@ -394,11 +390,13 @@ class Supervisor:
         self.next_attempt_at = time.monotonic()
         self.next_rotation_at: Optional[float] = None
         self.connection_count = 0
+        self.stop_signal: Optional[int] = None
         self._last_status_line = ""
 
     def request_stop(self, signum: int, _frame: Any = None) -> None:
-        if not self.stop_requested.is_set():
-            log.info("received %s, shutting down", signal.Signals(signum).name)
+        # Only flags here: logging from a signal handler can re-enter a stream the main thread is writing.
+        if self.stop_signal is None:
+            self.stop_signal = signum
         self.stop_requested.set()
         self.wake.set()
 
@@ -489,7 +487,7 @@ class Supervisor:
             return
         age = now - old.opened_at if old.opened_at is not None else 0.0
         log.info("rotated: connection #%d receives data, closing #%d after %.0f s", new.number, old.number, age)
-        old.request_close("rotated to connection #%d" % new.number, planned=True)
+        old.request_close("rotated to connection #%d" % new.number)
         self.retired.append(old)
 
     def _check_no_data(self, now: float) -> None:
@@ -528,8 +526,8 @@ class Supervisor:
                 values["last_connected_time"] = time.time()
             self.feed.update_status(**values)
         for connection in open_connections:
-            if not getattr(connection, "_counted", False):
-                connection._counted = True  # type: ignore[attr-defined]
+            if not connection.announced:
+                connection.announced = True
                 self.feed.increment_status("connections_opened")
                 log.info("connected #%d to %s", connection.number, self.url)
 
@@ -560,9 +558,11 @@ class Supervisor:
             self._last_status_line = line
 
     def shutdown(self) -> None:
+        if self.stop_signal is not None:
+            log.info("received %s, shutting down", signal.Signals(self.stop_signal).name)
         connections = [c for c in (self.primary, self.candidate, *self.retired) if c is not None]
         for connection in connections:
-            connection.request_close("daemon stopping", planned=True)
+            connection.request_close("daemon stopping")
         deadline = time.monotonic() + SHUTDOWN_JOIN_SECONDS
         for connection in connections:
             connection.join(max(0.0, deadline - time.monotonic()))
