@@ -231,7 +231,7 @@ def test_no_state_ever_loaded_gives_503_not_404(api_workdir):  # noqa: F811
         body = assert_json_response(health)
         assert health.status == 503 and body["stateFileError"] and body["servingLastGoodState"] is False
         assert body["symbolCount"] == 0
-        assert [r.split(":")[0] for r in body["reasons"]] == ["state_file"]
+        assert [r.split(":")[0] for r in body["reasons"]] == ["state_file", "no_symbols"]
         for target in ("/funding/BTCUSDT", "/funding", "/funding/batch?symbols=BTCUSDT"):
             assert assert_json_error(server.get(target), 503)["error"] == "no_state"
         write_state(missing, fresh_symbols())

@@ -14,10 +14,28 @@ routes first), and /funding/HEALTH or /funding/Batch answer 404 "reserved",
 so a symbol named HEALTH or BATCH can never be requested. No real contract
 has such a name (they all end in their quote asset).
 
+/funding/health: the seed's fields (uptimeSeconds is how long the daemon's
+current WebSocket connection has been up, 0 while disconnected), plus
+`reasons`, each starting with a stable code: "state_file:" (missing,
+unreadable or corrupt; the last good state is still served and
+`servingLastGoodState` is true), "disconnected:", "no_symbols:", "stale:"
+(newest data older than FUNDING_STALE_SECONDS); plus stateFileError,
+staleThresholdSeconds, stateUpdatedAt, stateLoadedAt, apiUptimeSeconds.
+
 Stale entries in /funding/batch and /funding: the answer stays 200 (a partial
 answer is still an answer), each entry carries ageSeconds, and their names are
 listed in `staleSymbols`, so a caller can drop them; only /funding/{symbol}
 answers 503 for one stale symbol, as the seed did.
+
+/funding: `quote` keeps symbols whose name ends with it (USDT, USDC, ...);
+sort is by symbol unless asked (symbols without a rate sort last); `limit`
+keeps the first N; `count` is what was returned, `matched` what passed the
+filter, `total` every symbol; `fundingIntervalHours` appears where the state
+has it. Until a first good state file was read, /funding, /funding/batch and
+/funding/{symbol} answer 503 "no_state" (not 404: nothing is known yet).
+
+Limits: a batch takes at most 1000 symbols (400 above), a query longer than
+64 KiB is 414, a request head beyond 128 KiB is 431 from waitress (also JSON).
 
 Every error, including unknown routes (404), other methods (405 with
 `Allow: GET, HEAD`) and any unexpected exception (500, logged with its
@@ -119,8 +137,8 @@ def evaluate_health(view: Optional[SnapshotView], snapshot: StateSnapshot, now: 
         reasons.append("state_file: %s; %s" % (snapshot.error, served))
     if view is not None and not view.connected:
         reasons.append("disconnected: the daemon reports its WebSocket disconnected")
-    if view is not None and view.count == 0:
-        reasons.append("no_symbols: the state holds no symbols")
+    if view is None or view.count == 0:
+        reasons.append("no_symbols: there are no symbols to serve")
     if newest is not None and newest > config.stale_seconds:
         reasons.append("stale: newest data is %.1f s old (threshold %g s)" % (newest, config.stale_seconds))
     status = view.connection_status if view else {}
