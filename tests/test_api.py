@@ -142,20 +142,27 @@ def test_a_broken_state_file_keeps_the_last_good_data_and_health_says_so(api, st
     assert api.get("/funding/BTCUSDT").json()["markPrice"] == 1.5
 
 
-def test_last_good_data_ages_into_503_while_the_file_stays_corrupt(api, state):  # noqa: F811
-    write_state(state, {"BTCUSDT": record(time.time(), age=179.0)})
-    assert api.get("/funding/BTCUSDT").status == 200
-    state.write_bytes(b"garbage")
-    # The symbol was 179 s old; without a new good file it crosses 180 s and turns stale.
-    reply = None
-    end = time.monotonic() + 15
-    while time.monotonic() < end:
-        reply = api.get("/funding/BTCUSDT")
-        if reply.status != 200:
-            break
-        time.sleep(0.2)
-    assert reply is not None and reply.status == 503
-    assert reply.json()["error"] == "stale"
+def test_last_good_data_ages_into_503_while_the_file_stays_corrupt(api_workdir):  # noqa: F811
+    state_file = Path(api_workdir) / "short-threshold.json"
+    write_state(state_file, {"BTCUSDT": record(time.time(), age=0.0)})
+    server = start_api(state_file, env={"FUNDING_STALE_SECONDS": "2"})
+    try:
+        assert server.get("/funding/BTCUSDT").status == 200
+        state_file.write_bytes(b"garbage")
+        # Without a new good file the served copy crosses FUNDING_STALE_SECONDS (2 s here) and turns stale.
+        reply = None
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            reply = server.get("/funding/BTCUSDT")
+            if reply.status != 200:
+                break
+            time.sleep(0.1)
+        assert reply is not None and reply.status == 503
+        assert reply.json()["error"] == "stale" and reply.json()["staleThresholdSeconds"] == 2
+        health = server.get("/funding/health").json()
+        assert [r.split(":")[0] for r in health["reasons"]] == ["state_file", "stale"]
+    finally:
+        server.close()
 
 
 # --- GET /funding/{symbol} ---------------------------------------------------------------------------------------
