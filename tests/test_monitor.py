@@ -379,9 +379,9 @@ def test_binance_rest_answering_html_is_an_error_line_and_exit_1(monitor, market
 # --------------------------------------------------------------------------- recovery
 
 
-def test_daemon_down_is_restarted_through_sudo_and_confirmed(monitor, market, systemd):
+def test_daemon_down_is_restarted_through_sudo_and_confirmed(monitor, systemd):
     systemd.set_state(WS_UNIT, "failed")
-    monitor.write(daemon_state(market))
+    monitor.write(daemon_state({}))
     result, report = monitor.report()
     assert "WebSocket daemon service is NOT running (%s is failed)" % WS_UNIT in report["errors"]
     assert "✅ Successfully restarted %s" % WS_UNIT in report["info"]
@@ -393,10 +393,10 @@ def test_daemon_down_is_restarted_through_sudo_and_confirmed(monitor, market, sy
     assert len(history["restarts"][WS_UNIT]) == 1
 
 
-def test_a_restart_that_fails_is_reported(monitor, market, systemd):
+def test_a_restart_that_fails_is_reported(monitor, systemd):
     systemd.set_state(WS_UNIT, "inactive")
     systemd.set_restart_result(WS_UNIT, "fail")
-    monitor.write(daemon_state(market))
+    monitor.write(daemon_state({}))
     result, report = monitor.report()
     assert any(
         e.startswith("❌ Failed to restart %s: Job for %s failed" % (WS_UNIT, WS_UNIT)) for e in report["errors"]
@@ -404,19 +404,19 @@ def test_a_restart_that_fails_is_reported(monitor, market, systemd):
     assert result.returncode == 1
 
 
-def test_a_unit_that_never_becomes_active_after_restart_is_a_failure(monitor, market, systemd):
+def test_a_unit_that_never_becomes_active_after_restart_is_a_failure(monitor, systemd):
     systemd.set_state(API_UNIT, "failed")
     systemd.set_restart_result(API_UNIT, "activating")
-    monitor.write(daemon_state(market))
+    monitor.write(daemon_state({}))
     result, report = monitor.report(FUNDING_RESTART_WAIT_SECONDS="1")
     assert "❌ Failed to restart %s: still activating after 1s" % API_UNIT in report["errors"], report
     assert len(systemd.restart_calls()) == 1
 
 
-def test_restart_limit_stops_further_restarts(monitor, market, systemd):
+def test_restart_limit_stops_further_restarts(monitor, systemd):
     systemd.set_state(WS_UNIT, "failed")
     systemd.set_restart_result(WS_UNIT, "fail")
-    monitor.write(daemon_state(market))
+    monitor.write(daemon_state({}))
     for run in range(1, 4):
         monitor.report()
         assert len(systemd.restart_calls()) == run
@@ -429,29 +429,29 @@ def test_restart_limit_stops_further_restarts(monitor, market, systemd):
     assert result.returncode == 1
 
 
-def test_restarts_older_than_the_window_do_not_count(monitor, market, systemd):
+def test_restarts_older_than_the_window_do_not_count(monitor, systemd):
     old = time.time() - 31 * 60
     monitor.history_file.write_text(json.dumps({"restarts": {WS_UNIT: [old, old + 1, old + 2]}}))
     systemd.set_state(WS_UNIT, "inactive")
-    monitor.write(daemon_state(market))
+    monitor.write(daemon_state({}))
     monitor.report()
     assert len(systemd.restart_calls()) == 1
     assert len(json.loads(monitor.history_file.read_text())["restarts"][WS_UNIT]) == 1
 
 
-def test_a_corrupt_restart_history_is_reset_with_a_warning(monitor, market, systemd):
+def test_a_corrupt_restart_history_is_reset_with_a_warning(monitor, systemd):
     monitor.history_file.write_text("{not json")
     systemd.set_state(WS_UNIT, "inactive")
-    monitor.write(daemon_state(market))
+    monitor.write(daemon_state({}))
     result, report = monitor.report()
     assert any(w.startswith("Restart history %s was unreadable" % monitor.history_file) for w in report["warnings"])
     assert len(systemd.restart_calls()) == 1
     assert list(json.loads(monitor.history_file.read_text())["restarts"]) == [WS_UNIT]
 
 
-def test_an_unwritable_restart_history_means_no_restart(monitor, market, systemd, tmp_path):
+def test_an_unwritable_restart_history_means_no_restart(monitor, systemd, tmp_path):
     systemd.set_state(WS_UNIT, "inactive")
-    monitor.write(daemon_state(market))
+    monitor.write(daemon_state({}))
     missing_dir = tmp_path / "no-such-dir" / "monitor-restarts.json"
     result, report = monitor.report(FUNDING_MONITOR_STATE_FILE=str(missing_dir))
     assert any(e.startswith("Cannot record the restart in %s" % missing_dir) for e in report["errors"]), report
@@ -523,10 +523,10 @@ def test_api_answering_503_is_reported_but_not_restarted(monitor, market, system
     assert not any(API_UNIT in line for line in systemd.restart_calls())
 
 
-def test_no_restart_only_looks(monitor, market, systemd):
+def test_no_restart_only_looks(monitor, systemd):
     systemd.set_state(WS_UNIT, "failed")
     systemd.set_state(API_UNIT, "inactive")
-    monitor.write(daemon_state(market))
+    monitor.write(daemon_state({}))
     result, report = monitor.report("--no-restart")
     assert "Would restart %s (unit is failed); auto-restart is off (--no-restart)" % WS_UNIT in report["warnings"]
     assert "Would restart %s (unit is inactive); auto-restart is off (--no-restart)" % API_UNIT in report["warnings"]
@@ -535,9 +535,9 @@ def test_no_restart_only_looks(monitor, market, systemd):
     assert result.returncode == 1
 
 
-def test_a_unit_systemd_is_already_starting_is_left_alone(monitor, market, systemd):
+def test_a_unit_systemd_is_already_starting_is_left_alone(monitor, systemd):
     systemd.set_state(WS_UNIT, "activating")
-    monitor.write(daemon_state(market))
+    monitor.write(daemon_state({}))
     result, report = monitor.report()
     assert "WebSocket daemon service is activating; systemd is handling it, not restarting" in report["warnings"]
     assert systemd.restart_calls() == []
@@ -546,14 +546,14 @@ def test_a_unit_systemd_is_already_starting_is_left_alone(monitor, market, syste
 # --------------------------------------------------------------------------- bad input
 
 
-def test_missing_state_file_is_an_error_line(monitor, market, tmp_path):
+def test_missing_state_file_is_an_error_line(monitor, tmp_path):
     missing = tmp_path / "nowhere.json"
     result, report = monitor.report("--no-restart", FUNDING_STATE_FILE=str(missing))
     assert "Cannot read state file: state file %s does not exist" % missing in report["errors"]
     assert result.returncode == 1
 
 
-def test_corrupt_state_file_is_an_error_line(monitor, market, tmp_path):
+def test_corrupt_state_file_is_an_error_line(monitor, tmp_path):
     corrupt = tmp_path / "corrupt.json"
     corrupt.write_text('{"funding_state": {"BTC')
     result, report = monitor.report("--no-restart", FUNDING_STATE_FILE=str(corrupt))
@@ -561,15 +561,15 @@ def test_corrupt_state_file_is_an_error_line(monitor, market, tmp_path):
     assert result.returncode == 1
 
 
-def test_state_file_of_the_wrong_shape_is_an_error_line(monitor, market, tmp_path):
+def test_state_file_of_the_wrong_shape_is_an_error_line(monitor, tmp_path):
     wrong = tmp_path / "wrong.json"
     wrong.write_text(json.dumps({"funding_state": [], "connection_status": {}, "updated_at": 1}))
     result, report = monitor.report("--no-restart", FUNDING_STATE_FILE=str(wrong))
     assert "Cannot read state file: funding_state is missing or not an object" in report["errors"]
 
 
-def test_systemctl_missing_is_an_error_line_and_nothing_is_restarted(monitor, market, systemd, tmp_path):
-    monitor.write(daemon_state(market))
+def test_systemctl_missing_is_an_error_line_and_nothing_is_restarted(monitor, systemd, tmp_path):
+    monitor.write(daemon_state({}))
     missing = str(tmp_path / "bin" / "systemctl")
     result, report = monitor.report(FUNDING_SYSTEMCTL=missing)
     assert "Cannot check WebSocket daemon service (%s): %s not found" % (WS_UNIT, missing) in report["errors"]
@@ -578,9 +578,9 @@ def test_systemctl_missing_is_an_error_line_and_nothing_is_restarted(monitor, ma
     assert result.returncode == 1
 
 
-def test_sudo_missing_is_a_failed_restart(monitor, market, systemd, tmp_path):
+def test_sudo_missing_is_a_failed_restart(monitor, systemd, tmp_path):
     systemd.set_state(WS_UNIT, "failed")
-    monitor.write(daemon_state(market))
+    monitor.write(daemon_state({}))
     missing = str(tmp_path / "bin" / "sudo")
     result, report = monitor.report(FUNDING_SUDO=missing)
     assert "❌ Failed to restart %s: %s not found" % (WS_UNIT, missing) in report["errors"]
