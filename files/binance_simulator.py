@@ -667,6 +667,20 @@ def describe_close(connection: ServerConnection) -> Tuple[str, int, str]:
 # --- main ---------------------------------------------------------------------------------------------------------
 
 
+class HandshakeFailureFilter(logging.Filter):
+    """Turns websockets' traceback for a malformed request (port scans, chunked bodies, junk) into one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == "opening handshake failed" and record.exc_info and record.exc_info[1] is not None:
+            error = record.exc_info[1]
+            record.msg = "rejected a malformed request: %s"
+            record.args = (error.__cause__ or error,)
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def _write_port_file(path: str, port: int) -> None:
     temporary = f"{path}.{os.getpid()}.tmp"
     with open(temporary, "w", encoding="ascii") as handle:
@@ -735,6 +749,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     )
     # websockets logs every plain HTTP answer at INFO; keep the log to one line per WebSocket event.
     logging.getLogger("websockets").setLevel(logging.DEBUG if config.log_level == "DEBUG" else logging.WARNING)
+    logging.getLogger("websockets.server").addFilter(HandshakeFailureFilter())
     try:
         return asyncio.run(run(config))
     except OSError as exc:

@@ -774,3 +774,15 @@ def test_control_api_validates_requests_and_accepts_query_parameters(fast_simula
     assert status == 200 and json.loads(body)["faults"] == {"stall": {}}
     assert client.clear()["faults"] == {}
     assert "Traceback" not in client.log_text()
+
+
+def test_junk_requests_are_refused_with_a_one_line_log_and_no_traceback(fast_simulator):
+    client = fast_simulator
+    for junk in (b"garbage\r\n\r\n", b"POST /_sim/fault HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"):
+        with socket.create_connection((client.host, client.port), timeout=DEADLINE) as sock:
+            sock.sendall(junk)
+            while sock.recv(4096):
+                pass
+    poll(lambda: client.log_text().count("rejected a malformed request") == 2, "two one-line rejections")
+    assert "Traceback" not in client.log_text()
+    assert client.ping() and client.status()["faults"] == {}
