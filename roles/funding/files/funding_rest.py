@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -21,6 +22,7 @@ import requests
 
 USER_AGENT = "binance-funding/1.0"
 BODY_PREVIEW_CHARS = 60
+HTML_TITLE = re.compile(r"<title[^>]*>([^<]*)</title>", re.IGNORECASE)
 
 
 class RestError(Exception):
@@ -56,8 +58,12 @@ def is_loopback_url(url: str) -> bool:
 
 
 def _preview(data: bytes) -> str:
-    text = data[:BODY_PREVIEW_CHARS].decode("utf-8", "replace")
-    return " ".join(text.split())
+    """A short, one-line hint of what a bad body was: an HTML page's title, else its first characters."""
+    text = data[:4096].decode("utf-8", "replace")
+    title = HTML_TITLE.search(text)
+    if title:
+        text = title.group(1)
+    return " ".join(text.split())[:BODY_PREVIEW_CHARS]
 
 
 class JsonHttpClient:
@@ -126,14 +132,10 @@ class JsonHttpClient:
 
 
 def _reason(exc: BaseException) -> str:
-    # requests nests the useful part (e.g. "[Errno 111] Connection refused") deep inside.
+    """The useful part of a requests error (e.g. "[Errno 111] Connection refused"), which it nests deep inside."""
     text = str(exc)
-    for marker in ("[Errno", "Connection refused", "Name or service not known", "timed out"):
-        index = text.find(marker)
-        if index >= 0:
-            end = text.find("'", index)
-            return text[index : end if end > 0 else None].rstrip(")")
-    return text[:200]
+    match = re.search(r"\[Errno -?\d+\][^'\")]*|Name or service not known|Connection refused|timed out", text)
+    return match.group(0).strip() if match else text[:200]
 
 
 @dataclass(frozen=True)
