@@ -348,7 +348,6 @@ def _short(exc: BaseException) -> str:
 class FeedFacts:
     """What the state file says about the daemon, for the recovery decision."""
 
-    readable: bool = False
     connected: Optional[bool] = None
     data_age: Optional[float] = None  # seconds since the last market data
     no_data_for: Optional[float] = None  # seconds the daemon has gone without data (since data or its start)
@@ -427,7 +426,6 @@ class HealthMonitor:
             facts.no_data_for = _age(_mtime(path), self.now)
             return facts
         self.report.checks["state_file"] = {"path": path, "ok": True, "error": None}
-        facts.readable = True
         status = payload["connection_status"]
         symbols = payload["funding_state"]
         now = self.now
