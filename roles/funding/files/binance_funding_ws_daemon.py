@@ -196,7 +196,7 @@ class StateWriter(threading.Thread):
             payload = self.feed.payload()
             try:
                 funding_state.write_state_atomic(self.path, payload)
-            except (OSError, ValueError) as exc:
+            except Exception as exc:  # disk errors above all; never fatal, the old file stays intact
                 self._record_failure(exc)
                 return False
             self.writes += 1
