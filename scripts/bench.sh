@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# make bench: our service against the seed design (bench/baseline), everything on 127.0.0.1.
+# Prints a table and writes it to bench/results/latest.md. Options go to bench/run.py (see --help);
+# BENCH_QUICK=1 is a one-minute smoke run. Takes about 6-7 minutes otherwise.
+set -uo pipefail
+# shellcheck source=scripts/bootstrap.sh
+source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
+cd "$REPO_ROOT" || exit 1
+
+ensure_bench_requirements() {
+  local stamp="$VENV_DIR/.bench-requirements.sha256" want
+  want=$(sha256sum "$REPO_ROOT/requirements-bench.txt" | cut -d' ' -f1)
+  [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] && return 0
+  log "installing requirements-bench.txt into $VENV_DIR"
+  if ! "$VENV_DIR/bin/pip" install --quiet --disable-pip-version-check -r "$REPO_ROOT/requirements-bench.txt" \
+      >"$CACHE_DIR/pip-bench.log" 2>&1; then
+    tail -n 20 "$CACHE_DIR/pip-bench.log" >&2
+    die "pip could not install requirements-bench.txt (log: $CACHE_DIR/pip-bench.log)"
+  fi
+  echo "$want" >"$stamp"
+}
+
+# wrk from Debian's packages when we may install it; otherwise bench/run.py falls back to its Python generator.
+ensure_wrk() {
+  command -v wrk >/dev/null && return 0
+  if is_root && command -v apt-get >/dev/null; then
+    log "installing wrk from Debian's packages"
+    { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk \
+      || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }; } \
+      >"$CACHE_DIR/apt-wrk.log" 2>&1 && return 0
+    warn "apt-get could not install wrk (log: $CACHE_DIR/apt-wrk.log)"
+  fi
+  warn "wrk is not available: the Python load generator is used (install wrk for better figures)"
+}
+
+ensure_venv || exit 1
+ensure_bench_requirements || exit 1
+ensure_wrk
+exec "$VENV_DIR/bin/python" "$REPO_ROOT/bench/run.py" "$@"
