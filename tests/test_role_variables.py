@@ -57,3 +57,11 @@ def test_every_default_has_a_comment_above_it():
             if above < 0 or not lines[above].startswith("#"):
                 uncommented.append(line)
     assert uncommented == []
+
+
+def test_every_program_file_is_installed_by_exactly_one_group_of_the_role():
+    role_vars = yaml.safe_load((ROLE / "vars" / "main.yml").read_text())
+    groups = ("funding_shared_programs", "funding_daemon_programs", "funding_api_programs", "funding_monitor_programs")
+    installed = [name for group in groups for name in role_vars[group]]
+    on_disk = sorted(path.name for path in (ROLE / "files").glob("*.py"))
+    assert sorted(installed) == on_disk

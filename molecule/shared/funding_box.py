@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any, Callable, Dict, Tuple
 
@@ -49,6 +50,8 @@ def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 1.0
 
 def exposure(host: Any, unit: str) -> float:
     """systemd-analyze security's overall exposure score of a unit."""
-    out = host.run("systemd-analyze security --no-pager %s | tail -n 1" % unit).stdout
-    # "→ Overall exposure level for x.service: 1.6 OK 🙂"
-    return float(out.split(":")[-1].split()[0])
+    out = host.run("systemd-analyze security --no-pager %s" % unit).stdout
+    # "→ Overall exposure level for x.service: 1.6 OK :-)"
+    match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", out)
+    assert match, out
+    return float(match.group(1))
