@@ -248,7 +248,7 @@ def test_last_message_older_than_60s_is_an_error(monitor, market):
 def test_acks_without_market_data_count_as_no_messages(monitor, market):
     """The retired endpoint acknowledges and then sends nothing: messages arrive, market data does not."""
     now = time.time()
-    monitor.write(daemon_state(market, now=now, data_age=2, last_data_time=now - 95))
+    monitor.write(daemon_state(market, now=now, data_age=95, last_data_time=now - 2))
     result, report = monitor.report("--no-restart")
     assert_seconds_line(
         report["errors"],

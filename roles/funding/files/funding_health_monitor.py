@@ -449,10 +449,10 @@ class HealthMonitor:
         if _is_number(messages):
             self.report.add_info("%d messages processed" % messages)
 
-        # Liveness is market data arriving, not messages: the retired endpoint sends acks and nothing else.
-        data_key = "last_data_time" if "last_data_time" in status else "last_message_time"
-        facts.data_age = _age(status.get(data_key), now)
-        message_age = _age(status.get("last_message_time"), now)
+        # Liveness is accepted market data (last_message_time), not frames (last_data_time): the retired endpoint
+        # sends acks and nothing else, and a poisoned feed sends frames without a usable markPriceUpdate.
+        facts.data_age = _age(status.get("last_message_time"), now)
+        frame_age = _age(status.get("last_data_time"), now)
         max_age = c["FUNDING_MAX_MESSAGE_AGE_SECONDS"]
         if facts.data_age is None:
             self.report.error("No messages received yet")
@@ -460,7 +460,7 @@ class HealthMonitor:
             self.report.add_info("Last message %.0fs ago" % facts.data_age)
         else:
             line = "No messages received for %.0f seconds" % facts.data_age
-            if data_key == "last_data_time" and message_age is not None and message_age <= max_age:
+            if frame_age is not None and frame_age <= max_age:
                 line += " (the connection still gets other messages, but no market data)"
             self.report.error(line)
         started_age = _age(status.get("daemon_started_at"), now)
