@@ -24,8 +24,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import websocket
 
 Update = Tuple[int, float]  # (E in ms, markPrice)
-PAUSE_EVERY_SECONDS = (4.0, 8.0)
-PAUSE_SECONDS = (0.0, 1.0)
+# Pauses longer than the seed's 1 s TTL with a spread of 1 s: after each one the cache is refreshed at a
+# random phase relative to the 1 s pushes, as it would be for consumers asking at random moments.
+PAUSE_EVERY_SECONDS = (2.5, 4.0)
+PAUSE_SECONDS = (0.5, 1.5)
 
 
 class PushRecorder(threading.Thread):

@@ -59,6 +59,7 @@ class Managed:
     name: str
     process: subprocess.Popen
     log_path: Path
+    port: int = 0
 
     @property
     def pid(self) -> int:
@@ -139,6 +140,15 @@ def start_stack(kind: str, ws_url: str, rest_url: str, work_dir: Path, python: s
     else:
         raise ValueError("unknown stack %r" % kind)
     return Stack(kind, daemon, api, port, state_file)
+
+
+def start_experiment_api(state_file: Path, work_dir: Path, python: str = sys.executable) -> Managed:
+    """bench/experiments/asyncio_front_end.py over ours' state file (no daemon of its own)."""
+    port = free_port()
+    managed = spawn("experiment-asyncio-api", [python, str(REPO / "bench" / "experiments" / "asyncio_front_end.py"),
+                                                str(state_file), str(port)], work_dir)
+    managed.port = port
+    return managed
 
 
 def wait_until_serving(stack: Stack, symbol: str, min_symbols: int, timeout: float = 60.0) -> Dict[str, Any]:

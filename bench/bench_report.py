@@ -139,6 +139,23 @@ def api_table(api: Dict[str, Dict[int, Dict[str, Any]]], endpoints: List[str], c
     return lines
 
 
+def experiment_table(api: Dict[str, Dict[int, Dict[str, Any]]], endpoints: List[str], connections: List[int],
+                     kind: str) -> List[str]:
+    lines = ["| endpoint | conns | req/s | vs baseline | vs ours | p99 ms | vs baseline |",
+             "|---|--:|--:|--:|--:|--:|--:|"]
+    for endpoint in endpoints:
+        for conns in connections:
+            cell = api.get(endpoint, {}).get(conns, {})
+            other, ours, base = cell.get(kind), cell.get("ours"), cell.get("baseline")
+            if not (other and ours and base):
+                continue
+            lines.append("| `%s` | %d | %s | %s | %s | %s | %s |" % (
+                endpoint, conns, num(other["rps"], 0), times(ratio(other["rps"], base["rps"])),
+                times(ratio(other["rps"], ours["rps"])), num(other["p99_ms"], 2),
+                times(ratio(other["p99_ms"], base["p99_ms"]))))
+    return lines
+
+
 def service_table(rows: List[Dict[str, Any]], checks: List[Dict[str, Any]]) -> List[str]:
     """rows: {"what", "ours", "baseline", "digits", "target": Target|None, "absolute": bool, "note"}."""
     lines = [

@@ -32,13 +32,33 @@ from typing import Any, Dict, List, Optional
 import bench_load
 from bench_freshness import ApiPoller, PushRecorder, analyse
 from bench_proc_stats import UsageSampler
-from bench_procs import REPO, STACKS, ProcessError, Stack, start_simulator, start_stack, wait_until_serving
-from bench_report import Target, api_table, load_average, machine_info, num, percentile, service_table
+from bench_procs import (
+    REPO,
+    STACKS,
+    Managed,
+    ProcessError,
+    Stack,
+    start_experiment_api,
+    start_simulator,
+    start_stack,
+    wait_until_serving,
+)
+from bench_report import (
+    Target,
+    api_table,
+    experiment_table,
+    load_average,
+    machine_info,
+    num,
+    percentile,
+    service_table,
+)
 from bench_writes import measure_writes
 
 RESULTS = REPO / "bench" / "results"
 ENDPOINT_LABELS = ("/funding/{symbol}", "/funding/batch", "/funding/health")
 BATCH_SIZE = 50
+FRESHNESS_SYMBOLS = 100  # polled in one batch request; more symbols, more updates per second to time
 PHASES = ("daemon", "api", "writes")
 
 THROUGHPUT_TARGET = Target(2.0, at_most=False)
@@ -47,6 +67,7 @@ FRESHNESS_P99_TARGET = Target(0.1, at_most=True)
 DAEMON_CPU_TARGET = Target(0.5, at_most=True)
 DAEMON_RSS_TARGET = Target(40.0, at_most=True, unit="MiB")
 TARGET_CONNECTIONS = 16
+EXPERIMENT = "experiment"
 
 
 def env(name: str, default: str) -> str:
@@ -77,6 +98,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help="load generator [BENCH_LOADGEN, auto: wrk when it works]")
     parser.add_argument("--phases", default=env("PHASES", ",".join(PHASES)),
                         help="which phases to run [BENCH_PHASES, %s]" % ",".join(PHASES))
+    parser.add_argument("--experiment", action="store_true", default=env("EXPERIMENT", "0") == "1",
+                        help="also load bench/experiments/asyncio_front_end.py (our app behind an asyncio server) "
+                             "in the api phase [BENCH_EXPERIMENT]")
     parser.add_argument("--output", default=env("OUTPUT", str(RESULTS / "latest.md")),
                         help="Markdown table written here [BENCH_OUTPUT, bench/results/latest.md]")
     args = parser.parse_args(argv)
@@ -99,17 +123,17 @@ def say(text: str) -> None:
     print("[bench %s] %s" % (time.strftime("%H:%M:%S"), text), file=sys.stderr, flush=True)
 
 
-def pick_symbols(symbols: Dict[str, Dict[str, Any]]) -> List[str]:
-    """BATCH_SIZE perpetuals, half from each shard of the simulator, named ones first."""
+def pick_symbols(symbols: Dict[str, Dict[str, Any]], count: int) -> List[str]:
+    """`count` perpetuals, half from each shard of the simulator, named ones first."""
     perpetuals = sorted((s for s, v in symbols.items() if v["perpetual"]),
                         key=lambda s: (not s.endswith("USDT") or len(s) > 8, s))
     shards: Dict[int, List[str]] = {}
     for symbol in perpetuals:
         shards.setdefault(symbols[symbol]["shard"], []).append(symbol)
     picked: List[str] = []
-    while len(picked) < BATCH_SIZE and any(shards.values()):
+    while len(picked) < count and any(shards.values()):
         for shard in sorted(shards):
-            if shards[shard] and len(picked) < BATCH_SIZE:
+            if shards[shard] and len(picked) < count:
                 picked.append(shards[shard].pop(0))
     return picked
 
@@ -125,8 +149,8 @@ def daemon_phase(kind: str, sim: Any, context: Dict[str, Any], args: argparse.Na
         if recorder.error:
             raise ProcessError(recorder.error)
         time.sleep(args.warmup_seconds)
-        path = "/funding/batch?symbols=" + ",".join(context["batch"])
-        poller = ApiPoller(stack.api_port, path, context["batch"], args.poll_interval)
+        path = "/funding/batch?symbols=" + ",".join(context["fresh"])
+        poller = ApiPoller(stack.api_port, path, context["fresh"], args.poll_interval)
         daemon_usage = UsageSampler(stack.daemon.pid)
         api_usage = UsageSampler(stack.api.pid)
         window_start = time.time()
@@ -171,6 +195,7 @@ def daemon_phase(kind: str, sim: Any, context: Dict[str, Any], args: argparse.Na
 def api_phase(sim: Any, context: Dict[str, Any], args: argparse.Namespace, generator: str) -> Dict[str, Any]:
     client = sim.client
     stacks: Dict[str, Stack] = {}
+    experiment: Optional[Managed] = None
     results: Dict[str, Dict[int, Dict[str, Any]]] = {}
     paths = {
         "/funding/{symbol}": "/funding/%s" % context["single"],
@@ -182,16 +207,26 @@ def api_phase(sim: Any, context: Dict[str, Any], args: argparse.Namespace, gener
             stacks[kind] = start_stack(kind, context["ws_url"], client.rest_url, context["work_dir"] / "api")
         for stack in stacks.values():
             wait_until_serving(stack, context["single"], context["perpetuals"])
-        for stack in stacks.values():  # warm-up: imports, caches, first state loads
-            bench_load.run_load(generator, stack.api_port, paths["/funding/{symbol}"], 4, max(1.0, args.warmup_seconds))
+        ports = {kind: stack.api_port for kind, stack in stacks.items()}
+        kinds = list(STACKS)
+        if args.experiment:
+            experiment = start_experiment_api(stacks["ours"].state_file, context["work_dir"] / "api")
+            experiment_stack = Stack(EXPERIMENT, stacks["ours"].daemon, experiment, experiment.port,
+                                     stacks["ours"].state_file)
+            wait_until_serving(experiment_stack, context["single"], context["perpetuals"])
+            ports[EXPERIMENT] = experiment.port
+            kinds.append(EXPERIMENT)
+        for port in ports.values():  # warm-up: imports, caches, first state loads
+            bench_load.run_load(generator, port, paths["/funding/{symbol}"], 4, max(1.0, args.warmup_seconds))
         cell = 0
         for label in ENDPOINT_LABELS:
             for conns in args.connections:
-                order = STACKS if cell % 2 == 0 else tuple(reversed(STACKS))
+                order = kinds if cell % 2 == 0 else list(reversed(kinds))
                 cell += 1
                 for kind in order:
-                    stacks[kind].api.check_alive()
-                    load = bench_load.run_load(generator, stacks[kind].api_port, paths[label], conns, args.api_seconds)
+                    for stack in stacks.values():
+                        stack.api.check_alive()
+                    load = bench_load.run_load(generator, ports[kind], paths[label], conns, args.api_seconds)
                     results.setdefault(label, {}).setdefault(conns, {})[kind] = {
                         "rps": load.rps, "p50_ms": load.p50_ms, "p99_ms": load.p99_ms, "errors": load.errors,
                         "requests": load.requests,
@@ -200,6 +235,8 @@ def api_phase(sim: Any, context: Dict[str, Any], args: argparse.Namespace, gener
                         kind, label, conns, load.rps, load.p50_ms, load.p99_ms,
                         "  errors %d" % load.errors if load.errors else ""))
     finally:
+        if experiment is not None:
+            experiment.stop()
         for stack in stacks.values():
             stack.stop()
     return results
@@ -244,6 +281,10 @@ def render(args: argparse.Namespace, machine: Dict[str, str], generator: str, co
         lines += api_table(api, list(ENDPOINT_LABELS), args.connections, TARGET_CONNECTIONS, THROUGHPUT_TARGET,
                            API_P99_TARGET, checks)
         lines.append("")
+        if args.experiment:
+            lines += ["### Experiment, not product: our app behind bench/experiments/asyncio_front_end.py", ""]
+            lines += experiment_table(api, list(ENDPOINT_LABELS), args.connections, EXPERIMENT)
+            lines.append("")
     if daemon:
         ours, base = daemon.get("ours", {}), daemon.get("baseline", {})
         rows: List[Dict[str, Any]] = [
@@ -254,9 +295,9 @@ def render(args: argparse.Namespace, machine: Dict[str, str], generator: str, co
             {"what": "freshness: updates measured (missed)", "ours": ours.get("freshness_updates"),
              "baseline": base.get("freshness_updates"), "digits": 0,
              "note": "missed: ours %s, baseline %s; left out (poller paused): ours %s, baseline %s; polled every "
-                     "%g ms" % (ours.get("freshness_missed"), base.get("freshness_missed"),
+                     "%g ms, %d symbols per poll" % (ours.get("freshness_missed"), base.get("freshness_missed"),
                                 ours.get("freshness_excluded"), base.get("freshness_excluded"),
-                                args.poll_interval * 1000)},
+                                args.poll_interval * 1000, FRESHNESS_SYMBOLS)},
             {"what": "daemon CPU (%% of one core, %d symbols, %.0f s)" % (args.symbols, args.daemon_seconds),
              "ours": ours.get("daemon_cpu_percent"), "baseline": base.get("daemon_cpu_percent"),
              "digits": 2, "target": DAEMON_CPU_TARGET},
@@ -316,7 +357,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         symbols = sim.client.symbols()
         context["perpetuals"] = sum(1 for values in symbols.values() if values["perpetual"])
-        context["batch"] = pick_symbols(symbols)
+        context["fresh"] = pick_symbols(symbols, FRESHNESS_SYMBOLS)
+        context["batch"] = context["fresh"][:BATCH_SIZE]
         context["single"] = "BTCUSDT" if "BTCUSDT" in context["batch"] else context["batch"][0]
         context["ws_url"] = sim.client.ws_url(fast=True)
         say("simulator on %s: %d contracts, %d perpetuals" % (sim.client.base_http_url, len(symbols),
