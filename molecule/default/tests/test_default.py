@@ -104,7 +104,9 @@ def test_sudo_grants_the_service_user_exactly_restart_status_and_is_active_of_th
     for line in listing.splitlines():
         if "NOPASSWD:" in line:
             granted.update(command.strip() for command in line.split("NOPASSWD:", 1)[1].split(","))
-    expected = {"/usr/bin/systemctl %s %s" % (verb, unit) for verb in ("restart", "status", "is-active") for unit in UNITS}
+    expected = {
+        "/usr/bin/systemctl %s %s" % (verb, unit) for verb in ("restart", "status", "is-active") for unit in UNITS
+    }
     assert granted == expected, listing
 
 
@@ -137,7 +139,9 @@ def test_health_check_run_reports_healthy_in_its_journal(host):
     cursor = host.run("journalctl -u funding-health-check -n 0 --show-cursor --no-pager").stdout.split("cursor: ")[-1]
     result = host.run("systemctl start funding-health-check.service")
     assert result.rc == 0, result.stderr
-    report = host.run("journalctl -u funding-health-check --no-pager -o cat --after-cursor '%s'" % cursor.strip()).stdout
+    report = host.run(
+        "journalctl -u funding-health-check --no-pager -o cat --after-cursor '%s'" % cursor.strip()
+    ).stdout
     assert "STATUS: HEALTHY" in report, report
 
 
