@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+from pathlib import Path
 
 import pytest
 from funding_box import ALL_UNITS, API, SIMULATOR, UNITS, exposure, get_json, http, journal, wait_for
@@ -166,3 +170,30 @@ def test_metrics_are_prometheus_text(host):
     status, body = http(host, API + "/metrics")
     assert status == 200
     assert "# TYPE" in body and "funding_" in body
+
+
+def test_check_mode_on_the_converged_host_changes_nothing_and_fails_nothing(host):
+    """`ansible-playbook --check` of the same converge, run from the controller against this one host."""
+    name = host.backend.get_hostname()
+    scenario = Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"])
+    env = dict(os.environ, ANSIBLE_ROLES_PATH=str(scenario.parents[1] / "roles"), ANSIBLE_FORCE_COLOR="0")
+    result = subprocess.run(
+        [
+            "ansible-playbook",
+            "-i",
+            os.environ["MOLECULE_INVENTORY_FILE"],
+            "--check",
+            "--limit",
+            name,
+            str(scenario.parent / "shared" / "converge.yml"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+        check=False,
+    )
+    recap = re.search(r"^%s\s+:\s+(.*)$" % re.escape(name), result.stdout, flags=re.M)
+    assert result.returncode == 0 and recap, result.stdout[-3000:] + result.stderr[-2000:]
+    counts = dict(item.split("=") for item in recap.group(1).split())
+    assert (counts["changed"], counts["failed"], counts["unreachable"]) == ("0", "0", "0"), recap.group(0)
