@@ -43,6 +43,34 @@ run_lint() {
 
 run_unit() {
   phase "pytest (programs)" python -m pytest tests -q -p no:cacheprovider || return 1
+  phase "python 3.9 (oldest supported)" run_oldest_python || return 1
+}
+
+# The programs promise Python >= 3.9: where a 3.9 interpreter exists, import every program and run the unit tests
+# of the pure modules under it.
+run_oldest_python() {
+  local py="" venv="$CACHE_DIR/venv-py39" program candidate
+  for candidate in ${FUNDING_PYTHON39:-} python3.9 /usr/bin/python3.9 /root/.pyenv/versions/3.9*/bin/python; do
+    if "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 9))' >/dev/null 2>&1; then
+      py=$candidate
+      break
+    fi
+  done
+  if [ -z "$py" ]; then
+    log "no Python 3.9 interpreter on this machine (set FUNDING_PYTHON39): skipped"
+    return 0
+  fi
+  if [ ! -x "$venv/bin/python" ]; then
+    "$py" -m venv "$venv" && "$venv/bin/pip" install --quiet --disable-pip-version-check \
+      -r roles/funding/files/requirements.txt pytest hypothesis pyyaml prometheus-client >"$CACHE_DIR/venv-py39.log" 2>&1 \
+      || { rm -rf "$venv"; tail -n 20 "$CACHE_DIR/venv-py39.log" >&2; return 1; }
+  fi
+  for program in roles/funding/files/binance_funding_ws_daemon.py roles/funding/files/funding_api_server.py \
+      roles/funding/files/funding_health_monitor.py roles/funding/files/funding_rest_comparison.py; do
+    "$venv/bin/python" "$program" --help >/dev/null || { warn "$program --help fails on Python 3.9"; return 1; }
+  done
+  "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/test_feed.py tests/test_daemon_units.py \
+    tests/test_api_units.py tests/test_role_variables.py
 }
 
 run_molecule() {

@@ -173,7 +173,6 @@ def test_disk_errors_are_logged_once_counted_retried_and_survived(feed, make_wri
     writer = make_writer(coalesce=0.0, heartbeat=0.05)
     feed.apply_frame(frame(["GOODUSDT"]))
     assert wait_until(lambda: "GOODUSDT" in symbols_in(path))
-    good_bytes = path.read_bytes()
 
     real_write = funding_state.write_state_atomic
     failing = threading.Event()
@@ -186,9 +185,12 @@ def test_disk_errors_are_logged_once_counted_retried_and_survived(feed, make_wri
 
     caplog.set_level(logging.INFO, logger=daemon.PROG)
     monkeypatch.setattr(funding_state, "write_state_atomic", flaky_write)
+    # The heartbeat may rewrite the file until the first failing write; from then on it must not change.
+    assert wait_until(lambda: feed.status["state_write_errors"] >= 1)
+    good_bytes = path.read_bytes()
     for index in range(5):
         feed.apply_frame(frame(["NEW%dUSDT" % index]))
-    assert wait_until(lambda: feed.status["state_write_errors"] >= 5)
+    assert wait_until(lambda: feed.status["state_write_errors"] >= 6)
     assert path.read_bytes() == good_bytes, "the previous file stays intact"
     assert writer.is_alive()
     error_lines = [r for r in caplog.records if "cannot write state file" in r.getMessage()]
