@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import websocket
 
-Update = Tuple[int, float]  # (E in ms, markPrice)
+Update = Tuple[int, float, float]  # (E in ms, markPrice, when a bystander subscriber received it)
 # Pauses longer than the seed's 1 s TTL with a spread of 1 s: after each one the cache is refreshed at a
 # random phase relative to the 1 s pushes, as it would be for consumers asking at random moments.
 PAUSE_EVERY_SECONDS = (2.5, 4.0)
@@ -73,13 +73,13 @@ class PushRecorder(threading.Thread):
     def updates(self, symbols: Sequence[str]) -> Dict[str, List[Update]]:
         wanted = set(symbols)
         result: Dict[str, List[Update]] = {symbol: [] for symbol in symbols}
-        for _received, text in self.frames:
+        for received, text in self.frames:
             frame = json.loads(text)
             items = frame["data"] if isinstance(frame, dict) else frame
             for item in items:
                 symbol = item.get("s")
                 if symbol in wanted:
-                    result[symbol].append((int(item["E"]), float(item["p"])))
+                    result[symbol].append((int(item["E"]), float(item["p"]), received))
         return result
 
 
@@ -147,7 +147,8 @@ class ApiPoller(threading.Thread):
 
 @dataclass
 class FreshnessResult:
-    samples_ms: List[float]
+    samples_ms: List[float]  # answer time - E
+    from_receipt_ms: List[float]  # answer time - when the bystander subscriber received the frame
     missed: int  # updates in the window that no answer showed (superseded before a poll saw them)
     excluded: int  # updates whose wait overlapped one of the poller's pauses
     polls: int
@@ -161,18 +162,18 @@ class FreshnessResult:
 def distinct_updates(pushes: List[Update]) -> List[Update]:
     """The pushes that changed the price (an unchanged price cannot be seen to arrive)."""
     result: List[Update] = []
-    for event_ms, price in pushes:
-        if not result or price != result[-1][1]:
-            result.append((event_ms, price))
+    for update in pushes:
+        if not result or update[1] != result[-1][1]:
+            result.append(update)
     return result
 
 
 def match_symbol(updates: List[Update], answers: List[Tuple[float, Optional[float]]]) -> Dict[int, float]:
     """{index of update: time of the first answer showing it}; answers in time order."""
     by_price: Dict[float, List[int]] = {}
-    for index, (_event, price) in enumerate(updates):
-        by_price.setdefault(price, []).append(index)
-    event_ms = [event for event, _price in updates]
+    for index, update in enumerate(updates):
+        by_price.setdefault(update[1], []).append(index)
+    event_ms = [update[0] for update in updates]
     shown: Dict[int, float] = {}
     last = -1
     for answered, price in answers:
@@ -196,13 +197,14 @@ def analyse(recorder: PushRecorder, poller: ApiPoller, window_start: float, wind
     """Freshness of every update with E in [window_start, window_end - settle] (epoch seconds)."""
     pushes = recorder.updates(poller.symbols)
     samples: List[float] = []
+    from_receipt: List[float] = []
     missed = 0
     excluded = 0
     for column, symbol in enumerate(poller.symbols):
         updates = distinct_updates(pushes[symbol])
         answers = [(answered, prices[column]) for answered, prices in poller.answers]
         shown = match_symbol(updates, answers)
-        for index, (event_ms, _price) in enumerate(updates):
+        for index, (event_ms, _price, received) in enumerate(updates):
             if not window_start * 1000.0 <= event_ms <= (window_end - settle) * 1000.0:
                 continue
             event = event_ms / 1000.0
@@ -211,6 +213,8 @@ def analyse(recorder: PushRecorder, poller: ApiPoller, window_start: float, wind
                 excluded += 1
             elif index in shown:
                 samples.append(shown[index] * 1000.0 - event_ms)
+                from_receipt.append((shown[index] - received) * 1000.0)
             else:
                 missed += 1
-    return FreshnessResult(samples, missed, excluded, len(poller.answers), poller.failures + poller.non_200)
+    return FreshnessResult(samples, from_receipt, missed, excluded, len(poller.answers),
+                           poller.failures + poller.non_200)

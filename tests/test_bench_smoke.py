@@ -1,8 +1,8 @@
-"""The benchmark's baseline (bench/baseline, the seed design) answers with the same JSON as our API.
+"""The benchmark compares like with like: its baseline (bench/baseline, the seed design) answers with
+the same JSON as our API, and its freshness matching attributes each API answer to the right push.
 
-Not a benchmark: one state file, both servers, field-by-field comparison, so
-`make bench` compares like with like. Skipped when FastAPI/uvicorn (requirements-bench.txt)
-are not installed.
+Not a benchmark. The server tests are skipped when FastAPI/uvicorn (requirements-bench.txt) are
+not installed.
 """
 
 from __future__ import annotations
@@ -16,14 +16,15 @@ import sys
 import time
 from pathlib import Path
 
+import funding_state
 import pytest
 
-pytest.importorskip("fastapi")
-pytest.importorskip("uvicorn")
-
-import funding_state  # noqa: E402
-
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO / "bench") not in sys.path:
+    sys.path.insert(0, str(REPO / "bench"))
+
+from bench_freshness import distinct_updates, match_symbol  # noqa: E402
+
 OUR_API = REPO / "roles" / "funding" / "files" / "funding_api_server.py"
 BASELINE_API = REPO / "bench" / "baseline" / "baseline_api.py"
 SEED_SYMBOL_FIELDS = {"symbol", "markPrice", "fundingRate", "nextFundingTime", "indexPrice", "updatedAt", "ageSeconds"}
@@ -60,6 +61,8 @@ def wait_for(port: int, process: subprocess.Popen, log: Path) -> None:
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):
+    pytest.importorskip("fastapi")
+    pytest.importorskip("uvicorn")
     directory = tmp_path_factory.mktemp("bench-smoke")
     state_file = directory / ".funding_state.json"
     now = time.time()
@@ -140,3 +143,27 @@ def test_unknown_symbol_is_404_with_detail_in_both(servers):
     base_status, base = get(servers["baseline"], "/funding/NOPEUSDT")
     assert ours_status == base_status == 404
     assert "detail" in ours and "detail" in base
+
+
+def test_freshness_counts_only_pushes_that_changed_the_price():
+    pushes = [(1000, 1.0, 1.01), (2000, 1.0, 2.01), (3000, 2.0, 3.01), (4000, 1.0, 4.01)]
+    assert distinct_updates(pushes) == [(1000, 1.0, 1.01), (3000, 2.0, 3.01), (4000, 1.0, 4.01)]
+
+
+def test_freshness_matches_each_push_to_the_first_answer_showing_it_never_to_an_earlier_or_stale_one():
+    updates = [(1000, 1.0, 1.01), (2000, 2.0, 2.01), (3000, 1.0, 3.01)]
+    answers = [
+        (0.5, 2.0),  # shows 2.0 before it was pushed: not attributable
+        (1.5, 1.0),  # first answer with update 0
+        (2.1, 1.0),  # still update 0 (stale), not update 2 which is not pushed yet
+        (2.3, 2.0),  # first answer with update 1
+        (3.05, 2.0),
+        (3.2, 1.0),  # update 2 (same price as update 0, but pushed later)
+        (3.4, 1.0),
+    ]
+    assert match_symbol(updates, answers) == {0: 1.5, 1: 2.3, 2: 3.2}
+
+
+def test_freshness_leaves_a_superseded_push_unmatched():
+    updates = [(1000, 1.0, 1.01), (2000, 2.0, 2.01), (3000, 3.0, 3.01)]
+    assert match_symbol(updates, [(1.2, 1.0), (3.5, 3.0)]) == {0: 1.2, 2: 3.5}
