@@ -1,0 +1,181 @@
+"""Shared helpers on sys.path, the results table, and the box-side tools of the resilience scenario.
+
+Every case records one row (case, expected, observed, time to recover, verdict) with the `case_row` fixture; the
+rows are written to resilience-results.json next to Molecule's ephemeral files and printed as a table at the end of
+the run (pytest_terminal_summary), so the table appears in `molecule test` output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+if str(SHARED) not in sys.path:
+    sys.path.insert(0, str(SHARED))
+
+HERE = Path(__file__).resolve().parent
+CONTAINER = os.environ.get("RESILIENCE_CONTAINER", "funding-resilience")
+BOX_TOOLS = "/opt/resilience"
+TOOLS = ("box_probe.py", "resilience_reader.py", "resilience_injector.py")
+RESULTS_FILE = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/tmp")) / "resilience-results.json"
+
+ROWS: List[Dict[str, Any]] = []
+
+
+class Row:
+    def __init__(self, case: str, expected: str) -> None:
+        self.case = case
+        self.expected = expected
+        self.observed = ""
+        self.recovered_in: Optional[float] = None
+        self.verdict = "PASS"
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {"case": self.case, "expected": self.expected, "observed": self.observed,
+                "recover": None if self.recovered_in is None else round(self.recovered_in, 1), "verdict": self.verdict}
+
+
+def _save_rows() -> None:
+    with contextlib.suppress(OSError):
+        RESULTS_FILE.write_text(json.dumps(ROWS, indent=1))
+
+
+@pytest.fixture
+def case_row():
+    """`with case_row("1 kill -9 daemon", "restarted, fresh <= 10 s") as row:` ... set row.observed/recovered_in."""
+
+    @contextlib.contextmanager
+    def open_row(case: str, expected: str) -> Iterator[Row]:
+        row = Row(case, expected)
+        try:
+            yield row
+        except BaseException as exc:
+            row.verdict = "FAIL"
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            row.observed = (row.observed + "; " if row.observed else "") + first_line[:160]
+            raise
+        finally:
+            ROWS.append(row.as_dict())
+            _save_rows()
+            recover = "-" if row.recovered_in is None else "%.1f s" % row.recovered_in
+            print("\n[resilience] %s" % " | ".join((row.case, row.expected, row.observed, recover, row.verdict)))
+
+    return open_row
+
+
+def _wrap(text: str, width: int) -> List[str]:
+    words, lines, line = text.split(), [], ""
+    for whole in words:
+        word = whole
+        while len(word) > width:
+            if line:
+                lines.append(line)
+                line = ""
+            lines.append(word[:width])
+            word = word[width:]
+        if len(line) + len(word) + (1 if line else 0) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = (line + " " + word).strip()
+    if line or not lines:
+        lines.append(line)
+    return lines
+
+
+def render_table(rows: List[Dict[str, Any]]) -> str:
+    headers = ("case", "expected", "observed", "recover", "result")
+    widths = (26, 42, 58, 8, 6)
+    separator = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+    out = [separator, "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |", separator]
+    for row in rows:
+        recover = "-" if row["recover"] is None else "%.1f s" % row["recover"]
+        cells = [_wrap(str(v), w) for v, w in zip((row["case"], row["expected"], row["observed"], recover,
+                                                    row["verdict"]), widths)]
+        for index in range(max(len(c) for c in cells)):
+            out.append("| " + " | ".join((c[index] if index < len(c) else "").ljust(w)
+                                         for c, w in zip(cells, widths)) + " |")
+        out.append(separator)
+    return "\n".join(out)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG001
+    if not ROWS:
+        return
+    terminalreporter.section("resilience: fault matrix and security checks")
+    terminalreporter.write_line(render_table(ROWS))
+    terminalreporter.write_line("(rows also in %s)" % RESULTS_FILE)
+
+
+# --- the box ------------------------------------------------------------------------------------------------------
+
+
+def docker(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(["docker", *args], check=False, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError("docker %s failed (%d): %s" % (" ".join(args), result.returncode, result.stderr.strip()))
+    return result
+
+
+@pytest.fixture(scope="module")
+def box_tools(host):
+    """The probe, reader and injector scripts, copied into the box (once per test module)."""
+    host.run("mkdir -p %s" % BOX_TOOLS)
+    for name in TOOLS:
+        docker("cp", str(HERE / name), "%s:%s/%s" % (CONTAINER, BOX_TOOLS, name))
+    host.run("chmod 0755 %s && chmod 0644 %s/*.py && chown -R root:root %s" % (BOX_TOOLS, BOX_TOOLS, BOX_TOOLS))
+    return BOX_TOOLS
+
+
+def probe(host, *args: str, timeout: float = 120) -> Dict[str, Any]:
+    """Run box_probe.py in the box and return its JSON answer."""
+    arguments = " ".join(shlex.quote(argument) for argument in args)
+    command = "timeout %d python3 %s/box_probe.py %s" % (timeout + 10, BOX_TOOLS, arguments)
+    result = host.run(command)
+    assert result.rc == 0, "%s: rc %d %s %s" % (command, result.rc, result.stdout[-500:], result.stderr[-1000:])
+    return json.loads(result.stdout)
+
+
+def unit_property(host, unit: str, name: str) -> str:
+    return host.check_output("systemctl show -p %s --value %s" % (name, unit)).strip()
+
+
+def main_pid(host, unit: str) -> int:
+    return int(unit_property(host, unit, "MainPID") or 0)
+
+
+def restarts(host, unit: str) -> int:
+    return int(unit_property(host, unit, "NRestarts") or 0)
+
+
+def journal_since(host, unit: str, since: float) -> str:
+    """The unit's journal (message texts) since an epoch time."""
+    return host.run("journalctl -u %s --no-pager -o cat --since @%.3f" % (unit, since)).stdout
+
+
+def sim_fault(host, name: str, **params: Any) -> Dict[str, Any]:
+    body = json.dumps({"fault": name, **params})
+    result = host.run("curl -s -X POST -H 'Content-Type: application/json' --data-raw '%s' "
+                      "http://127.0.0.1:9000/_sim/fault" % body)
+    answer = json.loads(result.stdout)
+    assert answer.get("ok"), answer
+    return answer
+
+
+def sim_clear(host) -> None:
+    result = host.run("curl -s -X POST http://127.0.0.1:9000/_sim/clear")
+    assert json.loads(result.stdout).get("ok"), result.stdout
+
+
+def now() -> float:
+    return time.time()
