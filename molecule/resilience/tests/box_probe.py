@@ -7,6 +7,8 @@
         wait until /funding/health answers 200 (any status when --any-status)
     box_probe.py snapshot
         the state file's per-symbol values and connection_status, as one JSON object
+    box_probe.py tamper --mode corrupt|delete [--seconds S]
+        keep corrupting or deleting the state file for S seconds while asking the API; then wait for a good file
     box_probe.py load [--requests N] [--half-open N]
         clients holding half-sent requests, then N parallel requests; the API must answer them all
     box_probe.py pager-escape --marker PATH -- COMMAND...
@@ -95,6 +97,72 @@ def snapshot() -> Dict[str, Any]:
     return {"ok": True, "funding_state": state["funding_state"], "connection_status": state["connection_status"],
             "updated_at": state.get("updated_at"), "daemon_pid": state.get("daemon_pid"),
             "mtime": os.stat(STATE_FILE).st_mtime}
+
+
+# --- tamper: the state file corrupted or deleted underneath, while the API is asked what it serves ------------------
+
+CORRUPT_TEXT = b'{"funding_state": {"BTCUSDT": {"markPrice": 1.0, "fundingRa'
+
+
+def tamper(mode: str, seconds: float, recover_timeout: float) -> Dict[str, Any]:
+    """For `seconds`, keep corrupting (writing a torn JSON in place) or deleting the state file, as a buggy or
+    hostile process would, while asking the API every 0.1 s; then wait until the daemon has written a good file."""
+    stop = threading.Event()
+    tampered = [0]
+
+    def keep_tampering() -> None:
+        while not stop.is_set():
+            try:
+                if mode == "corrupt":
+                    with open(STATE_FILE, "r+b") as handle:  # in place: same inode, owner and mode
+                        handle.truncate(0)
+                        handle.write(CORRUPT_TEXT)
+                else:
+                    os.unlink(STATE_FILE)
+                tampered[0] += 1
+            except OSError:
+                pass
+            stop.wait(0.05)
+
+    started = time.time()
+    thread = threading.Thread(target=keep_tampering, daemon=True)
+    thread.start()
+    seen: Dict[str, Any] = {"health": {}, "symbol": {}, "servingLastGoodState": 0, "stateFileErrors": [],
+                            "symbolPrices": 0, "problems": []}
+    while time.time() - started < seconds:
+        try:
+            status, body = get("/funding/health", timeout=3)
+            health = json.loads(body)
+            seen["health"][str(status)] = seen["health"].get(str(status), 0) + 1
+            if health.get("servingLastGoodState"):
+                seen["servingLastGoodState"] += 1
+            error = health.get("stateFileError")
+            if error and len(seen["stateFileErrors"]) < 3 and error not in seen["stateFileErrors"]:
+                seen["stateFileErrors"].append(error)
+            status, body = get("/funding/BTCUSDT", timeout=3)
+            record = json.loads(body)
+            seen["symbol"][str(status)] = seen["symbol"].get(str(status), 0) + 1
+            price = record.get("markPrice")
+            if isinstance(price, (int, float)) and price > 0 and price != 1.0:
+                seen["symbolPrices"] += 1
+            else:
+                seen["problems"].append({"status": status, "body": body[:200].decode("utf-8", "replace")})
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            seen["problems"].append(repr(exc)[:200])
+        time.sleep(0.1)
+    stop.set()
+    thread.join(2)
+    ended = time.time()
+    deadline = ended + recover_timeout
+    recovered = None
+    while time.time() < deadline:
+        state, _ = read_state()
+        if state is not None and (state.get("updated_at") or 0) > ended:
+            recovered = {"at": time.time(), "elapsed": time.time() - ended, "pid": state.get("daemon_pid")}
+            break
+        time.sleep(0.05)
+    return {"mode": mode, "tampered": tampered[0], "startedAt": started, "endedAt": ended, "seen": seen,
+            "recovered": recovered}
 
 
 # --- load: half-sent requests plus many parallel ones ---------------------------------------------------------------
@@ -202,7 +270,7 @@ def pager_escape(marker: str, command: List[str], environ: Dict[str, str]) -> Di
         import termios  # noqa: PLC0415
 
         fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 10, 80, 0, 0))
-        os.execvpe(command[0], command, {**os.environ, **environ})
+        os.execvpe(command[0], command, {**os.environ, "TERM": "xterm", **environ})
     output = b""
 
     def pump(seconds: float) -> None:
@@ -220,20 +288,23 @@ def pager_escape(marker: str, command: List[str], environ: Dict[str, str]) -> Di
                 output += chunk
 
     pump(3)
-    for keys in (b"!touch " + marker.encode() + b"\r", b"\r", b"q", b"q"):
+    paged = b"--More--" in output or b"(END)" in output or output.rstrip().endswith(b":")
+    # `!` first, alone: both more and less then read the command line up to Return.
+    for keys, seconds in ((b"!", 0.7), (b"touch " + marker.encode() + b"\r", 1.5), (b"\r", 0.5), (b"q", 0.5),
+                          (b"q", 0.5)):
         try:
             os.write(fd, keys)
         except OSError:
             break
-        pump(1.5)
+        pump(seconds)
     try:
         os.kill(pid, 9)
     except ProcessLookupError:
         pass
     os.waitpid(pid, 0)
     text = output.decode("utf-8", "replace")
-    return {"markerCreated": os.path.exists(marker), "pagerSecureMessage": "not available" in text.lower(),
-            "output": text[-600:]}
+    return {"markerCreated": os.path.exists(marker), "paged": paged,
+            "pagerSecureMessage": "not available" in text.lower(), "output": text[-600:]}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -248,6 +319,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     api.add_argument("--timeout", type=float, default=60)
     api.add_argument("--any-status", action="store_true")
     sub.add_parser("snapshot")
+    tamper_parser = sub.add_parser("tamper")
+    tamper_parser.add_argument("--mode", choices=("corrupt", "delete"), required=True)
+    tamper_parser.add_argument("--seconds", type=float, default=3)
+    tamper_parser.add_argument("--recover-timeout", type=float, default=30)
     load_parser = sub.add_parser("load")
     load_parser.add_argument("--requests", type=int, default=1000)
     load_parser.add_argument("--half-open", type=int, default=5)
@@ -262,6 +337,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         result = wait_api(args.since, args.timeout, args.any_status)
     elif args.probe == "snapshot":
         result = snapshot()
+    elif args.probe == "tamper":
+        result = tamper(args.mode, args.seconds, args.recover_timeout)
     elif args.probe == "load":
         result = load(args.requests, args.half_open)
     else:

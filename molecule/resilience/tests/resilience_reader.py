@@ -35,7 +35,7 @@ from websockets.sync.client import connect
 STREAM_URL = "ws://127.0.0.1:9000/market/stream?streams=!markPrice@arr/!markPrice@arr@1s"
 HISTORY_SECONDS = 600
 PENDING_SECONDS = 20.0
-MAX_LOGGED_PER_KIND = 50
+MAX_LOGGED_PER_KIND = 1000
 
 Quote = Tuple[float, Optional[float], Optional[float], Optional[int]]  # mark, rate, index, next funding time
 
