@@ -31,13 +31,25 @@ RESULTS_FILE = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/tmp")) / "r
 
 ROWS: List[Dict[str, Any]] = []
 
-# Cases that fail because of a program defect reported to its owner: the row says so and the test is an expected
-# failure (xfail) until the defect is fixed (then it passes). RESILIENCE_STRICT=1 makes them plain failures.
+# Program defects found by this scenario and reported to their owners. A case checks everything else first, then
+# calls `row.known(defect, ok, detail)`: while the defect is there the row says KNOWN DEFECT and the test is an
+# expected failure (xfail); once fixed it passes. RESILIENCE_STRICT=1 makes them plain failures.
 KNOWN_DEFECTS: Dict[str, str] = {
-    "S8": "API: bottle decodes PATH_INFO with errors='ignore', so invalid UTF-8 bytes vanish: "
-          "/funding/BTC%FFUSDT serves BTCUSDT, /funding/%FF%FE answers 404 (funding_api_app.py)",
+    "D1": "every reconnect turns /funding/health 503 (API: `disconnected` is unhealthy at once, "
+          "funding_api_app.evaluate_health), and the daemon's reconnect delay keeps doubling across connections "
+          "that delivered data (reset only after FUNDING_HEALTHY_RESET_SECONDS=60 s on one connection, "
+          "binance_funding_ws_daemon.Supervisor), so drops every 10 s leave it disconnected for up to 60 s",
+    "D2": "after an upstream outage longer than FUNDING_DAEMON_STUCK_SECONDS (180 s), the first monitor run that "
+          "finds REST answering again restarts the daemon, which is only waiting out its <= 60 s reconnect "
+          "backoff: no_data_for counts the outage itself (funding_health_monitor.daemon_restart_reason)",
+    "D3": "API: bottle decodes PATH_INFO with errors='ignore', so invalid UTF-8 bytes vanish before validation: "
+          "/funding/BTC%FFUSDT serves BTCUSDT (200), /funding/%FF%FE answers 404 instead of 400",
 }
 STRICT = os.environ.get("RESILIENCE_STRICT", "") not in ("", "0")
+
+
+class KnownDefect(Exception):
+    """Raised by Row.known; the case is reported as an expected failure."""
 
 
 class Row:
@@ -47,6 +59,16 @@ class Row:
         self.observed = ""
         self.recovered_in: Optional[float] = None
         self.verdict = "PASS"
+
+    def known(self, defect: str, ok: bool, detail: str) -> None:
+        """The last check of a case, one that a reported program defect makes fail."""
+        if ok:
+            return
+        self.observed = (self.observed + "; " if self.observed else "") + detail[:200]
+        if STRICT:
+            raise AssertionError("%s: %s (%s)" % (defect, detail, KNOWN_DEFECTS[defect]))
+        self.verdict = "KNOWN DEFECT %s" % defect
+        raise KnownDefect("%s: %s" % (defect, KNOWN_DEFECTS[defect]))
 
     def as_dict(self) -> Dict[str, Any]:
         return {"case": self.case, "expected": self.expected, "observed": self.observed,
@@ -67,14 +89,8 @@ def case_row():
         row = Row(case, expected)
         try:
             yield row
-        except AssertionError as exc:
-            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            row.observed = (row.observed + "; " if row.observed else "") + first_line[:200]
-            defect = KNOWN_DEFECTS.get(case.split(maxsplit=1)[0])
-            row.verdict = "FAIL" if STRICT or defect is None else "KNOWN DEFECT"
-            if row.verdict == "FAIL":
-                raise
-            pytest.xfail("known defect: %s" % defect)
+        except KnownDefect as exc:
+            pytest.xfail("known defect %s" % exc)
         except BaseException as exc:
             row.verdict = "FAIL"
             first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -140,9 +156,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG0
         return
     terminalreporter.section("resilience: fault matrix and security checks")
     terminalreporter.write_line(render_table(sorted(ROWS, key=_order)))
-    for case, defect in KNOWN_DEFECTS.items():
-        if any(row["case"].split()[0] == case and row["verdict"] == "KNOWN DEFECT" for row in ROWS):
-            terminalreporter.write_line("KNOWN DEFECT %s: %s" % (case, defect))
+    for name, defect in KNOWN_DEFECTS.items():
+        if any(row["verdict"] == "KNOWN DEFECT %s" % name for row in ROWS):
+            terminalreporter.write_line("KNOWN DEFECT %s: %s" % (name, defect))
     terminalreporter.write_line("(rows also in %s)" % RESULTS_FILE)
 
 

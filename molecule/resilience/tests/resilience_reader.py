@@ -359,8 +359,12 @@ class Checker:
             stop.wait(max(0.05, self.args.interval - (time.monotonic() - started)))
 
 
+AGE_STEPS = (5, 15, 30, 60, 120, 180)
+
+
 def poll_health(args: argparse.Namespace, journal: Journal, stop: threading.Event) -> None:
     previous: Any = None
+    age_step = 0
     while not stop.is_set():
         started = time.monotonic()
         connection = http.client.HTTPConnection("127.0.0.1", args.api_port, timeout=5)
@@ -371,6 +375,11 @@ def poll_health(args: argparse.Namespace, journal: Journal, stop: threading.Even
             try:
                 body = json.loads(raw)
                 reasons = body.get("reasons", [])
+                age = body.get("newestDataAgeSeconds")
+                step = max([limit for limit in AGE_STEPS if isinstance(age, (int, float)) and age >= limit] or [0])
+                if step != age_step:  # the newest data's age crossed a step (up or down)
+                    journal.event("data_age", always=True, age=age, step=step)
+                    age_step = step
             except ValueError:
                 journal.count("api_not_json")
                 journal.event("api_not_json", path="/funding/health", status=status, body=raw[:200].decode("latin-1"))

@@ -238,7 +238,7 @@ def test_case_05_exchange_down_3_minutes(host, reader, case_row):
                   for m in [re.search(r"reconnecting in ([0-9.]+) s", x)] if m]
         monitor = journal_lines(host, MONITOR_UNIT, down_at)
         outage_reports = [x for t, x in monitor if "UPSTREAM OUTAGE" in x and t <= back_at]
-        daemon_restarts = [x for t, x in monitor if "restart" in x.lower() and WS_UNIT in x]
+        daemon_restarts = [t for t, x in monitor if "Attempting to restart %s" % WS_UNIT in x]
         row.recovered_in = fresh["elapsed"]
         row.observed = ("health during outage: %s (reasons: %s); backoff delays %s s; monitor: %d outage reports, "
                         "%d daemon restarts; fresh %.1f s after return") % (
@@ -251,8 +251,11 @@ def test_case_05_exchange_down_3_minutes(host, reader, case_row):
         assert max(delays) >= 0.8 * RECONNECT_MAX_SECONDS, "the cap was never reached: %s" % delays
         assert fresh["elapsed"] <= FRESH_AFTER_RETURN_BOUND
         assert outage_reports, "the monitor never reported the upstream outage"
-        assert not daemon_restarts, daemon_restarts
-        assert (main_pid(host, WS_UNIT), restarts(host, WS_UNIT)) == (pid, count), "the daemon was restarted"
+        assert not [t for t in daemon_restarts if t <= back_at], "the monitor restarted the daemon during the outage"
+        assert restarts(host, WS_UNIT) == count, "systemd restarted the daemon (watchdog or crash)"
+        row.known("D2", not daemon_restarts and main_pid(host, WS_UNIT) == pid,
+                  "monitor restarted the daemon %s after the exchange returned" % ", ".join(
+                      "%.1f s" % (t - back_at) for t in daemon_restarts))
 
 
 def test_case_06_drops_every_10_s_for_2_minutes_never_turn_health_503(host, reader, case_row):
@@ -271,8 +274,10 @@ def test_case_06_drops_every_10_s_for_2_minutes_never_turn_health_503(host, read
         row.recovered_in = fresh["elapsed"]
         row.observed = "%d drops: %s; reconnect delays %s s; fresh %.1f s after the last" % (
             DROP_FOR // DROP_EVERY, spans_text(spans), ",".join("%.0f" % d for d in delays), fresh["elapsed"])
+        oldest = max([e["age"] for e in reader.events(started, ended) if e["kind"] == "data_age"] or [0])
+        row.observed += "; newest data up to %.0f s old" % oldest if oldest else "; newest data always < 5 s old"
         assert fresh["ok"], fresh
-        assert not not_ok, row.observed
+        row.known("D1", not not_ok, "health not 200 for %.1f s in all" % sum(s[1] - s[0] for s in not_ok))
 
 
 # --- 9, 10, 12: the box misbehaves --------------------------------------------------------------------------------
