@@ -99,7 +99,9 @@ def parse_response(data: bytes) -> Reply:
 
 
 def raw_request(port: int, request: bytes, timeout: float = HTTP_TIMEOUT) -> Reply:
-    """Send bytes exactly as given on a new connection; read until the server closes it."""
+    """Send bytes exactly as given on a new connection; read until the answer is complete or the server closes."""
+    # A HEAD answer announces the length of a body it does not send.
+    bodiless = request.lstrip().upper().startswith(b"HEAD ")
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(request)
         chunks: List[bytes] = []
@@ -113,7 +115,7 @@ def raw_request(port: int, request: bytes, timeout: float = HTTP_TIMEOUT) -> Rep
             if sep:
                 reply = parse_response(data)
                 length = reply.headers.get("content-length")
-                if length is not None and len(body) >= int(length):
+                if bodiless or (length is not None and len(body) >= int(length)):
                     return reply
     return parse_response(b"".join(chunks))
 
