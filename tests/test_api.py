@@ -94,6 +94,29 @@ def test_health_is_503_when_the_daemon_reports_disconnected(api, state):  # noqa
     assert [r for r in body["reasons"] if r.startswith("disconnected")]
 
 
+def test_health_is_503_when_the_daemon_has_been_disconnected_longer_than_the_grace(api, state):  # noqa: F811
+    write_state(state, fresh_symbols(), connected=False, last_disconnect_time=time.time() - 40)
+    reply = api.get("/funding/health")
+    body = assert_json_response(reply)
+    assert reply.status == 503 and body["reconnecting"] is False
+    assert [r for r in body["reasons"] if r.startswith("disconnected") and "for 40 s" in r]
+
+
+def test_health_stays_200_during_a_reconnect_shorter_than_the_grace(api, state):  # noqa: F811
+    write_state(state, fresh_symbols(), connected=False, last_disconnect_time=time.time() - 1)
+    reply = api.get("/funding/health")
+    body = assert_json_response(reply)
+    assert reply.status == 200, body
+    assert body["websocketConnected"] is False and body["reconnecting"] is True and body["reasons"] == []
+
+
+def test_a_path_that_is_not_utf8_is_400_not_a_silently_repaired_symbol(api, state):  # noqa: F811
+    for path in ("/funding/BTC%FFUSDT", "/funding/%FF%FE", "/%C0%AF"):
+        reply = api.get(path)
+        body = assert_json_response(reply)
+        assert reply.status == 400 and body["error"] == "invalid_path", (path, reply.status, body)
+
+
 def test_health_is_503_when_the_newest_data_is_older_than_the_threshold(api, state):  # noqa: F811
     now = time.time()
     write_state(state, {"BTCUSDT": record(now, age=500), "ETHUSDT": record(now, age=200)})

@@ -487,6 +487,26 @@ def test_daemon_without_data_gets_time_to_heal_itself_first(monitor, market, sys
     assert systemd.restart_calls() == []
 
 
+def test_a_daemon_waiting_out_its_backoff_after_an_outage_is_not_restarted(monitor, market, systemd):
+    """Binance was down for 10 minutes; the daemon's last failed attempt was 20 s ago and the next one is due."""
+    now = time.time()
+    monitor.write(daemon_state(market, now=now, data_age=600, connected=False, last_disconnect_time=now - 20,
+                               daemon_started_at=now - 7200))
+    result, report = monitor.report()
+    assert any(re.match(r"^Daemon has had no data for 2\ds while Binance REST answers", w) for w in report["warnings"])
+    assert systemd.restart_calls() == []
+
+
+def test_a_reconnect_within_the_grace_is_a_warning_and_the_system_stays_healthy(monitor, market, systemd):
+    now = time.time()
+    monitor.write(daemon_state(market, now=now, connected=False, last_disconnect_time=now - 2))
+    result, report = monitor.report()
+    assert any(w.startswith("WebSocket is reconnecting (disconnected") for w in report["warnings"]), report
+    assert "WebSocket is NOT connected to Binance" not in report["errors"]
+    assert result.returncode == 0, report
+    assert systemd.restart_calls() == []
+
+
 def test_a_recently_started_daemon_is_not_restarted_for_old_data(monitor, market, systemd):
     now = time.time()
     monitor.write(daemon_state(market, now=now, data_age=900, connected=False, daemon_started_at=now - 30))

@@ -66,7 +66,7 @@ SETTINGS = (
     Setting("FUNDING_RECONNECT_INITIAL_SECONDS", "1", "first reconnect delay (doubles per failed attempt)",
             funding_settings.positive_float),
     Setting("FUNDING_RECONNECT_MAX_SECONDS", "60", "longest reconnect delay", funding_settings.positive_float),
-    Setting("FUNDING_HEALTHY_RESET_SECONDS", "60",
+    Setting("FUNDING_HEALTHY_RESET_SECONDS", "5",
             "seconds of data on one connection after which the reconnect delay starts over",
             funding_settings.positive_float),
     Setting("FUNDING_ROTATE_SECONDS", "82800",
@@ -464,6 +464,9 @@ class Supervisor:
             self.primary, self.candidate = self.candidate, None
             return
         self.primary = None
+        if (connection.first_data_at is not None
+                and (connection.closed_at or now) - connection.first_data_at >= self.healthy_reset_seconds):
+            self.backoff.reset()  # it delivered data for a healthy spell: this is a fresh failure, not a streak
         delay = self.backoff.next_delay()
         self.next_attempt_at = now + delay
         self.feed.update_status(reconnect_attempts=self.backoff.attempts)

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import sys
 import time
@@ -57,7 +58,7 @@ import bottle
 from funding_api_metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from funding_api_metrics import RequestCounter, render_metrics
 from funding_api_view import SORT_KEYS, SnapshotView, StateViews, age_text, encode_records
-from funding_state import StateSnapshot
+from funding_state import StateSnapshot, disconnected_for
 
 log = logging.getLogger("funding_api")
 
@@ -119,6 +120,7 @@ def normalise_symbol(text: str) -> Optional[str]:
 @dataclass
 class ApiConfig:
     stale_seconds: float = 180.0
+    disconnect_grace_seconds: float = 15.0
     clock: Callable[[], float] = time.time
     started_at: float = field(default_factory=time.time)
 
@@ -135,8 +137,11 @@ def evaluate_health(view: Optional[SnapshotView], snapshot: StateSnapshot, now: 
     if snapshot.error is not None:
         served = "serving the last good state" if view else "no state to serve"
         reasons.append("state_file: %s; %s" % (snapshot.error, served))
-    if view is not None and not view.connected:
-        reasons.append("disconnected: the daemon reports its WebSocket disconnected")
+    # A reconnect (a drop, Binance's 24 h close) takes a second or two and the data stays fresh meanwhile.
+    down_for = disconnected_for(view.connection_status, now) if view is not None else None
+    if down_for is not None and down_for > config.disconnect_grace_seconds:
+        since = "" if down_for == math.inf else " for %.0f s" % down_for
+        reasons.append("disconnected: the daemon reports its WebSocket disconnected%s" % since)
     if view is None or view.count == 0:
         reasons.append("no_symbols: there are no symbols to serve")
     if newest is not None and newest > config.stale_seconds:
@@ -149,6 +154,7 @@ def evaluate_health(view: Optional[SnapshotView], snapshot: StateSnapshot, now: 
     body = {
         "status": "unhealthy" if reasons else "healthy",
         "websocketConnected": bool(view and view.connected),
+        "reconnecting": down_for is not None and down_for <= config.disconnect_grace_seconds,
         "symbolCount": view.count if view else 0,
         "uptimeSeconds": round(connected_for, 3),
         "lastConnectedTime": last_connected,
@@ -368,6 +374,14 @@ class ApiMiddleware:
             headers = JSON_HEADERS + [("Allow", ALLOWED_METHODS), ("Content-Length", str(len(body)))]
             start_response("405 Method Not Allowed", headers)
             return [body]
+        # Bottle decodes the path with errors="ignore", so /funding/BTC%FFUSDT would read as BTCUSDT: refuse it here.
+        try:
+            environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8")
+        except UnicodeError:
+            body = error_body(400, "invalid_path", "the path is not valid UTF-8")
+            self.counter.count(UNMATCHED_ROUTE, "400")
+            start_response("400 Bad Request", JSON_HEADERS + [("Content-Length", str(len(body)))])
+            return [] if method == "HEAD" else [body]
         statuses: List[str] = []
 
         def recording_start_response(status: str, headers: List[Tuple[str, str]], exc_info: Any = None) -> Any:

@@ -70,6 +70,7 @@ SETTINGS = (
     PORT,
     funding_settings.STATE_FILE,
     STALE_SECONDS,
+    funding_settings.DISCONNECT_GRACE,
     THREADS,
     CONNECTION_LIMIT,
     CHANNEL_TIMEOUT,
@@ -211,7 +212,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     quiet_waitress(level)
     state_file = values[funding_settings.STATE_FILE.env]
     views = StateViews(StateReader(state_file))
-    config = ApiConfig(stale_seconds=values[STALE_SECONDS.env])
+    config = ApiConfig(
+        stale_seconds=values[STALE_SECONDS.env], disconnect_grace_seconds=values[funding_settings.DISCONNECT_GRACE.env]
+    )
     counter = RequestCounter()
     app = build_app(views, config, counter)
     adjustments = waitress_adjustments(

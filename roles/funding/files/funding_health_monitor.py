@@ -36,9 +36,11 @@ Recovery rules (never with --no-restart):
   - a unit that is inactive or failed is restarted;
   - an active daemon without fresh data: ping Binance REST first. If REST is
     unreachable too, this is an upstream outage: reported, daemon left alone.
-    If REST answers and the daemon has had no data for longer than
-    FUNDING_DAEMON_STUCK_SECONDS (longer than its own reconnect backoff cap, so
-    it gets to heal itself first), it is restarted;
+    If REST answers and the daemon has gone FUNDING_DAEMON_STUCK_SECONDS without
+    data AND without a connection attempt (longer than its own reconnect backoff
+    cap, so it gets to heal itself first), it is restarted;
+  - a disconnect younger than FUNDING_DISCONNECT_GRACE_SECONDS is a reconnect in
+    progress: a warning, not an error;
   - an active API whose /funding/health does not answer at all is restarted
     (a 503 is the API reporting the daemon's state, not a reason);
   - a connected daemon with fresh data is never restarted;
@@ -66,7 +68,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import funding_settings
 from funding_rest import BinanceRest, JsonHttpClient, PremiumIndex, RestError
 from funding_settings import Setting
-from funding_state import StateFileError, read_state, write_state_atomic
+from funding_state import StateFileError, disconnected_for, read_state, write_state_atomic
 
 PROG = "funding_health_monitor"
 BANNER = "=" * 100
@@ -91,6 +93,7 @@ def unit_name(text: str) -> str:
 SETTINGS: Tuple[Setting, ...] = (
     funding_settings.LOG_LEVEL,
     funding_settings.STATE_FILE,
+    funding_settings.DISCONNECT_GRACE,
     Setting("FUNDING_API_URL", "http://127.0.0.1:8888", "base URL of the local funding API",
             funding_settings.url_with_scheme("http", "https")),
     Setting("FUNDING_REST_URL", "https://fapi.binance.com", "base URL of Binance USDⓈ-M REST",
@@ -430,14 +433,17 @@ class HealthMonitor:
         symbols = payload["funding_state"]
         now = self.now
 
-        facts.connected = status.get("connected") is True
-        if facts.connected:
+        down_for = disconnected_for(status, now)
+        # A reconnect (a drop, Binance's 24 h close) takes a second or two: not an error while it lasts.
+        facts.connected = down_for is None or down_for <= c["FUNDING_DISCONNECT_GRACE_SECONDS"]
+        if down_for is None:
             self.report.add_info("WebSocket is connected to Binance")
+        elif facts.connected:
+            self.report.warn("WebSocket is reconnecting (disconnected %.0f seconds ago)" % down_for)
         else:
             self.report.error("WebSocket is NOT connected to Binance")
-            disconnected_for = _age(status.get("last_disconnect_time"), now)
-            if disconnected_for is not None:
-                self.report.error("Disconnected for %.0f seconds" % disconnected_for)
+            if down_for != math.inf:
+                self.report.error("Disconnected for %.0f seconds" % down_for)
 
         count = len(symbols)
         if count >= c["FUNDING_MIN_SYMBOLS"]:
@@ -463,8 +469,12 @@ class HealthMonitor:
             if frame_age is not None and frame_age <= max_age:
                 line += " (the connection still gets other messages, but no market data)"
             self.report.error(line)
+        # A daemon that is still connecting and reconnecting is healing itself (an outage, a dead endpoint): the
+        # clock towards a restart runs from its last data, its start or its last connection attempt, whichever is
+        # latest, so a daemon waiting out its backoff when Binance returns is not restarted for the outage.
         started_age = _age(status.get("daemon_started_at"), now)
-        candidates = [a for a in (facts.data_age, started_age) if a is not None]
+        attempt_age = _age(status.get("last_disconnect_time"), now)
+        candidates = [a for a in (facts.data_age, started_age, attempt_age) if a is not None]
         facts.no_data_for = min(candidates) if candidates else None
 
         stale = null_rate = null_price = 0

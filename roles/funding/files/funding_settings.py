@@ -75,6 +75,12 @@ def url_with_scheme(*schemes: str) -> Callable[[str], str]:
 
 
 LOG_LEVEL = Setting("FUNDING_LOG_LEVEL", "INFO", "log level: DEBUG, INFO, WARNING, ERROR", log_level)
+DISCONNECT_GRACE = Setting(
+    "FUNDING_DISCONNECT_GRACE_SECONDS",
+    "15",
+    "a reconnect shorter than this is not reported as disconnected (drops, Binance's 24 h close)",
+    non_negative_float,
+)
 STATE_FILE = Setting(
     "FUNDING_STATE_FILE", "/var/lib/binance-funding/.funding_state.json", "path of the shared state file"
 )

@@ -261,3 +261,14 @@ def data_age_range(
     if not ages:
         return None, None
     return max(ages), min(ages)
+
+
+def disconnected_for(status: Mapping[str, Any], now: float) -> Optional[float]:
+    """None while the daemon reports itself connected; else seconds since it lost the connection.
+
+    A daemon that never said when (an old writer) counts as disconnected for ever.
+    """
+    if status.get("connected") is True:
+        return None
+    since = status.get("last_disconnect_time")
+    return max(0.0, now - since) if _is_number(since) else math.inf
