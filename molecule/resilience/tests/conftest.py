@@ -99,8 +99,7 @@ def case_row():
         finally:
             ROWS.append(row.as_dict())
             _save_rows()
-            recover = "-" if row.recovered_in is None else "%.1f s" % row.recovered_in
-            print("\n[resilience] %s" % " | ".join((row.case, row.expected, row.observed, recover, row.verdict)))
+            print("\n[resilience] %s: %s" % (row.case, row.verdict))
 
     return open_row
 
@@ -136,14 +135,19 @@ def _wrap(text: str, width: int) -> List[str]:
 
 
 def render_table(rows: List[Dict[str, Any]]) -> str:
-    headers = ("case", "expected", "observed", "recover", "result")
-    widths = (26, 42, 58, 8, 6)
+    """At most 76 columns wide: Molecule wraps its output at 80, and a wrapped table is unreadable."""
+    widths = (16, 43, 7)
     separator = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
-    out = [separator, "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |", separator]
+    out = [separator, "| %s | %s | %s |" % ("case".ljust(widths[0]), "expected / observed".ljust(widths[1]),
+                                            "recover".ljust(widths[2])), separator]
     for row in rows:
         recover = "-" if row["recover"] is None else "%.1f s" % row["recover"]
-        cells = [_wrap(str(v), w) for v, w in zip((row["case"], row["expected"], row["observed"], recover,
-                                                    row["verdict"]), widths)]
+        case = _wrap(row["case"], widths[0]) + _wrap(row["verdict"], widths[0])
+        text = ["exp: " + line if index == 0 else "     " + line
+                for index, line in enumerate(_wrap(row["expected"], widths[1] - 5))]
+        text += ["obs: " + line if index == 0 else "     " + line
+                 for index, line in enumerate(_wrap(row["observed"] or "-", widths[1] - 5))]
+        cells = [case, text, [recover]]
         for index in range(max(len(c) for c in cells)):
             out.append("| " + " | ".join((c[index] if index < len(c) else "").ljust(w)
                                          for c, w in zip(cells, widths)) + " |")
@@ -158,8 +162,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG0
     terminalreporter.write_line(render_table(sorted(ROWS, key=_order)))
     for name, defect in KNOWN_DEFECTS.items():
         if any(row["verdict"] == "KNOWN DEFECT %s" % name for row in ROWS):
-            terminalreporter.write_line("KNOWN DEFECT %s: %s" % (name, defect))
-    terminalreporter.write_line("(rows also in %s)" % RESULTS_FILE)
+            for line in _wrap("KNOWN DEFECT %s: %s" % (name, defect), 74):
+                terminalreporter.write_line(line)
+    terminalreporter.write_line("(rows also in $MOLECULE_EPHEMERAL_DIRECTORY/%s)" % RESULTS_FILE.name)
 
 
 # --- the box ------------------------------------------------------------------------------------------------------
