@@ -35,15 +35,10 @@ ROWS: List[Dict[str, Any]] = []
 # calls `row.known(defect, ok, detail)`: while the defect is there the row says KNOWN DEFECT and the test is an
 # expected failure (xfail); once fixed it passes. RESILIENCE_STRICT=1 makes them plain failures.
 KNOWN_DEFECTS: Dict[str, str] = {
-    "D1": "every reconnect turns /funding/health 503 (API: `disconnected` is unhealthy at once, "
-          "funding_api_app.evaluate_health), and the daemon's reconnect delay keeps doubling across connections "
-          "that delivered data (reset only after FUNDING_HEALTHY_RESET_SECONDS=60 s on one connection, "
-          "binance_funding_ws_daemon.Supervisor), so drops every 10 s leave it disconnected for up to 60 s",
-    "D2": "after an upstream outage longer than FUNDING_DAEMON_STUCK_SECONDS (180 s), the first monitor run that "
-          "finds REST answering again restarts the daemon, which is only waiting out its <= 60 s reconnect "
-          "backoff: no_data_for counts the outage itself (funding_health_monitor.daemon_restart_reason)",
-    "D3": "API: bottle decodes PATH_INFO with errors='ignore', so invalid UTF-8 bytes vanish before validation: "
-          "/funding/BTC%FFUSDT serves BTCUSDT (200), /funding/%FF%FE answers 404 instead of 400",
+    "D4": "during a long outage /funding/health turns 200 ('reconnecting') for FUNDING_DISCONNECT_GRACE_SECONDS "
+          "after every failed connection attempt: the daemon sets connection_status.last_disconnect_time on each "
+          "failed attempt (binance_funding_ws_daemon.Supervisor._primary_closed), and funding_state."
+          "disconnected_for() measures the grace from it; the monitor's grace check has the same flaw",
 }
 STRICT = os.environ.get("RESILIENCE_STRICT", "") not in ("", "0")
 

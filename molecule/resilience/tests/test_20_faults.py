@@ -135,6 +135,17 @@ def wait_fresh(host, since: float, timeout: float, other_pid: Optional[int] = No
     return probe(host, *args, timeout=timeout + 10)
 
 
+def wait_steady(host, timeout: float = 120) -> None:
+    """Fresh data, and the daemon's reconnect delay back at its start (after a healthy spell on one connection)."""
+
+    def steady():
+        status = state(host)["connection_status"]
+        return status["connected"] and status["reconnect_attempts"] == 0 and (
+            status.get("last_message_time") or 0) > now() - 3
+
+    wait_for(steady, timeout=timeout, interval=1, what="a steady connection (reconnect_attempts 0, fresh data)")
+
+
 def spans_text(spans) -> str:
     bad = [s for s in spans if s[2] != 200]
     if not bad:
@@ -258,22 +269,24 @@ def test_case_05_exchange_down_3_minutes(host, reader, case_row):
             ", ".join(reasons),
             ",".join("%.0f" % d for d in delays), len(outage_reports), len(daemon_restarts), fresh["elapsed"])
         assert fresh["ok"], fresh
-        assert first_503 - down_at <= DISCONNECT_GRACE + 5 and statuses == {503}, spans
+        assert first_503 - down_at <= DISCONNECT_GRACE + 5, spans
         assert "disconnected" in reasons, reasons
         assert delays and max(delays) <= RECONNECT_MAX_SECONDS, delays
         assert max(delays) >= 0.8 * RECONNECT_MAX_SECONDS, "the cap was never reached: %s" % delays
         assert fresh["elapsed"] <= FRESH_AFTER_RETURN_BOUND
         assert outage_reports, "the monitor never reported the upstream outage"
-        assert not [t for t in daemon_restarts if t <= back_at], "the monitor restarted the daemon during the outage"
+        assert not daemon_restarts, "the monitor restarted the daemon (%s s after the return)" % ", ".join(
+            "%.1f" % (t - back_at) for t in daemon_restarts)
+        assert main_pid(host, WS_UNIT) == pid
         assert not unit_failures(host, WS_UNIT, down_at), unit_failures(host, WS_UNIT, down_at)
-        row.known("D2", not daemon_restarts and main_pid(host, WS_UNIT) == pid,
-                  "monitor restarted the daemon %s after the exchange returned" % ", ".join(
-                      "%.1f s" % (t - back_at) for t in daemon_restarts))
+        healthy = sum(s[1] - s[0] for s in reader.health_in(down_at + DISCONNECT_GRACE + 5, back_at) if s[2] != 503)
+        row.known("D4", statuses == {503}, "but health answered 200 for %.0f s of the outage after its first 503, "
+                  "15 s after each failed attempt" % healthy)
 
 
 def test_case_06_drops_every_10_s_for_2_minutes_never_turn_health_503(host, reader, case_row):
     with case_row("6 drops every 10 s, 2 min", "data stays fresh; health never 503 (polled every 0.25 s)") as row:
-        wait_fresh(host, now() - 3, 90)
+        wait_steady(host)
         started = now()
         for number in range(DROP_FOR // DROP_EVERY):
             sim_fault(host, "drop")
@@ -290,7 +303,7 @@ def test_case_06_drops_every_10_s_for_2_minutes_never_turn_health_503(host, read
         oldest = max([e["age"] for e in reader.events(started, ended) if e["kind"] == "data_age"] or [0])
         row.observed += "; newest data up to %.0f s old" % oldest if oldest else "; newest data always < 5 s old"
         assert fresh["ok"], fresh
-        row.known("D1", not not_ok, "health not 200 for %.1f s in all" % sum(s[1] - s[0] for s in not_ok))
+        assert not not_ok, "health not 200 for %.1f s in all" % sum(s[1] - s[0] for s in not_ok)
 
 
 # --- 9, 10, 12: the box misbehaves --------------------------------------------------------------------------------
