@@ -416,9 +416,9 @@ def test_case_07_close_at_the_simulated_24_h_mark_without_a_503(host, reader, ca
         spans = reader.health_in(started, ended)
         closed = get_json(host, SIMULATOR + "/_sim/status")[1]["connectionsClosed"]
         row.recovered_in = 0.0
-        row.observed = "%s; %s; simulator closed %s connections at its %.0f s lifetime (the reader's), the daemon's " \
-            "%s times" % ((rotation[0][5:100] if rotation else "no rotation line"), spans_text(spans),
-                          closed.get("lifetime", 0), lifetime, ever or "0")
+        row.observed = "%s; %s; the simulator's %.0f s lifetime closed %s connections so far, %s of them the " \
+            "daemon's" % ((rotation[0][5:100] if rotation else "no rotation line"), spans_text(spans), lifetime,
+                          closed.get("lifetime", 0), ever or "0")
         assert rotation and not dropped, lines[-20:]
         assert all(s[2] == 200 for s in spans), spans
         assert ever in ("", "0")
