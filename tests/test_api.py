@@ -110,6 +110,15 @@ def test_health_stays_200_during_a_reconnect_shorter_than_the_grace(api, state):
     assert body["websocketConnected"] is False and body["reconnecting"] is True and body["reasons"] == []
 
 
+def test_failed_reconnect_attempts_do_not_restart_the_grace_of_a_long_outage(api, state):  # noqa: F811
+    now = time.time()
+    write_state(state, fresh_symbols(), connected=False, disconnected_since=now - 120, last_disconnect_time=now - 1)
+    reply = api.get("/funding/health")
+    body = assert_json_response(reply)
+    assert reply.status == 503 and body["reconnecting"] is False
+    assert [r for r in body["reasons"] if r.startswith("disconnected") and "for 120 s" in r]
+
+
 def test_a_path_that_is_not_utf8_is_400_not_a_silently_repaired_symbol(api, state):  # noqa: F811
     for path in ("/funding/BTC%FFUSDT", "/funding/%FF%FE", "/%C0%AF"):
         reply = api.get(path)

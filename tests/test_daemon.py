@@ -309,7 +309,9 @@ def test_refused_connections_back_off_exponentially_up_to_the_cap_and_recover(si
     daemon.wait_for_log(r"reconnecting in [0-9.]+ s \(attempt 6\)")
     assert "connect failed" in daemon.log and "503" in daemon.log
     state = daemon.state()
-    assert state["connection_status"]["connected"] is False
+    status = state["connection_status"]
+    assert status["connected"] is False
+    assert status["disconnected_since"] < status["last_disconnect_time"], "failed attempts do not move the down spell"
     assert len(state["funding_state"]) > 600, "an outage keeps the last state"
     sim.clear()
     daemon.wait_for_state(lambda s: s["connection_status"]["connected"]

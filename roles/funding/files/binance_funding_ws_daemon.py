@@ -524,7 +524,8 @@ class Supervisor:
         open_connections = [c for c in (self.primary, self.candidate) if c is not None and c.state == Connection.OPEN]
         connected = bool(open_connections)
         if connected != self.feed.status.get("connected"):
-            values: Dict[str, Any] = {"connected": connected}
+            # disconnected_since marks the start of a down spell; failed attempts within it do not move it.
+            values: Dict[str, Any] = {"connected": connected, "disconnected_since": None if connected else time.time()}
             if connected:
                 values["last_connected_time"] = time.time()
             self.feed.update_status(**values)
@@ -569,7 +570,8 @@ class Supervisor:
         deadline = time.monotonic() + SHUTDOWN_JOIN_SECONDS
         for connection in connections:
             connection.join(max(0.0, deadline - time.monotonic()))
-        self.feed.update_status(connected=False, last_disconnect_time=time.time(),
+        stopped = time.time()
+        self.feed.update_status(connected=False, last_disconnect_time=stopped, disconnected_since=stopped,
                                 last_disconnect_reason="daemon stopping")
 
 
@@ -643,7 +645,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except OSError as exc:
         log.error("cannot create state directory %s: %s (writes will be retried)", directory, describe_error(exc))
 
-    status = funding_state.new_connection_status(ws_url=url, daemon_started_at=time.time())
+    started = time.time()
+    status = funding_state.new_connection_status(ws_url=url, daemon_started_at=started, disconnected_since=started)
     feed = FeedState(load_previous_state(path), status)
     writer = StateWriter(path, feed, config["FUNDING_WRITE_COALESCE_SECONDS"],
                          config["FUNDING_WRITE_HEARTBEAT_SECONDS"])

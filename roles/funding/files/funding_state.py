@@ -54,6 +54,7 @@ CONNECTION_STATUS_DEFAULTS: Dict[str, Any] = {
     "last_message_time": None,
     "last_data_time": None,
     "last_disconnect_time": None,
+    "disconnected_since": None,
     "last_disconnect_reason": None,
     "frames_rejected": 0,
     "items_rejected": 0,
@@ -266,9 +267,12 @@ def data_age_range(
 def disconnected_for(status: Mapping[str, Any], now: float) -> Optional[float]:
     """None while the daemon reports itself connected; else seconds since it lost the connection.
 
-    A daemon that never said when (an old writer) counts as disconnected for ever.
+    `disconnected_since` is the start of the down spell (failed reconnect attempts do not move it); a writer that
+    does not record it falls back to its last disconnect, and one that said nothing counts as down for ever.
     """
     if status.get("connected") is True:
         return None
-    since = status.get("last_disconnect_time")
+    since = status.get("disconnected_since")
+    if not _is_number(since):
+        since = status.get("last_disconnect_time")
     return max(0.0, now - since) if _is_number(since) else math.inf
