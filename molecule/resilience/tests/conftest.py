@@ -31,21 +31,6 @@ RESULTS_FILE = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/tmp")) / "r
 
 ROWS: List[Dict[str, Any]] = []
 
-# Program defects found by this scenario and reported to their owners. A case checks everything else first, then
-# calls `row.known(defect, ok, detail)`: while the defect is there the row says KNOWN DEFECT and the test is an
-# expected failure (xfail); once fixed it passes. RESILIENCE_STRICT=1 makes them plain failures.
-KNOWN_DEFECTS: Dict[str, str] = {
-    "D4": "during a long outage /funding/health turns 200 ('reconnecting') for FUNDING_DISCONNECT_GRACE_SECONDS "
-          "after every failed connection attempt: the daemon sets connection_status.last_disconnect_time on each "
-          "failed attempt (binance_funding_ws_daemon.Supervisor._primary_closed), and funding_state."
-          "disconnected_for() measures the grace from it; the monitor's grace check has the same flaw",
-}
-STRICT = os.environ.get("RESILIENCE_STRICT", "") not in ("", "0")
-
-
-class KnownDefect(Exception):
-    """Raised by Row.known; the case is reported as an expected failure."""
-
 
 class Row:
     def __init__(self, case: str, expected: str) -> None:
@@ -54,16 +39,6 @@ class Row:
         self.observed = ""
         self.recovered_in: Optional[float] = None
         self.verdict = "PASS"
-
-    def known(self, defect: str, ok: bool, detail: str) -> None:
-        """The last check of a case, one that a reported program defect makes fail."""
-        if ok:
-            return
-        self.observed = (self.observed + "; " if self.observed else "") + detail[:200]
-        if STRICT:
-            raise AssertionError("%s: %s (%s)" % (defect, detail, KNOWN_DEFECTS[defect]))
-        self.verdict = "KNOWN DEFECT %s" % defect
-        raise KnownDefect("%s: %s" % (defect, KNOWN_DEFECTS[defect]))
 
     def as_dict(self) -> Dict[str, Any]:
         return {"case": self.case, "expected": self.expected, "observed": self.observed,
@@ -84,8 +59,6 @@ def case_row():
         row = Row(case, expected)
         try:
             yield row
-        except KnownDefect as exc:
-            pytest.xfail("known defect %s" % exc)
         except BaseException as exc:
             row.verdict = "FAIL"
             first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -155,10 +128,6 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG0
         return
     terminalreporter.section("resilience: fault matrix and security checks")
     terminalreporter.write_line(render_table(sorted(ROWS, key=_order)))
-    for name, defect in KNOWN_DEFECTS.items():
-        if any(row["verdict"] == "KNOWN DEFECT %s" % name for row in ROWS):
-            for line in _wrap("KNOWN DEFECT %s: %s" % (name, defect), 74):
-                terminalreporter.write_line(line)
     terminalreporter.write_line("(rows also in $MOLECULE_EPHEMERAL_DIRECTORY/%s)" % RESULTS_FILE.name)
 
 
