@@ -54,7 +54,7 @@ STALE_SECONDS = Setting(
     funding_settings.positive_float,
 )
 THREADS = Setting(
-    "FUNDING_API_THREADS", "4", "worker threads answering complete requests", funding_settings.positive_int
+    "FUNDING_API_THREADS", "8", "worker threads answering complete requests", funding_settings.positive_int
 )
 CONNECTION_LIMIT = Setting(
     "FUNDING_API_CONNECTION_LIMIT", "200", "open connections before new ones wait", funding_settings.positive_int
