@@ -72,6 +72,33 @@ def case_row():
     return open_row
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):  # noqa: ARG001
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, "report_" + report.when, report)
+
+
+DIAGNOSED_UNITS = ("binance-funding-ws", "binance-funding-api", "funding-health-check", "binance-simulator")
+
+
+@pytest.fixture(autouse=True)
+def journals_on_failure(request, host):
+    """When a case fails, the units' state and the end of their journals go into the report (the box is destroyed
+    at the end of `molecule test`)."""
+    started = time.time()
+    yield
+    report = getattr(request.node, "report_call", None)
+    if report is None or not report.failed:
+        return
+    lines = [host.run("systemctl --no-pager list-units --all 'binance-*' 'funding-*' | head -12").stdout]
+    for unit in DIAGNOSED_UNITS:
+        lines.append("--- journalctl -u %s (during the test, last 25 lines)" % unit)
+        lines.append(host.run("journalctl -u %s --no-pager -o short-unix --since @%d | tail -25 | cut -c1-230"
+                              % (unit, started - 5)).stdout)
+    print("\n".join(lines))
+
+
 def _order(row: Dict[str, Any]) -> tuple:
     """Fault cases 1-12 by number, then the reader's verdict, then the security checks."""
     case = row["case"].split()[0]
