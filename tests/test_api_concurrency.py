@@ -87,6 +87,12 @@ def generation_state(generation, symbols):
 def test_a_file_rewritten_100_times_a_second_never_yields_an_invalid_response(api):  # noqa: F811
     symbols = ["G%03dUSDT" % i for i in range(200)]
     write_state(api.state_file, generation_state(0, symbols))
+    # Requests that arrive while another one parses a new file are served the view before it ("at most one write
+    # old"), so start once generation 0 is what the API serves.
+    deadline = time.monotonic() + 10
+    while api.get("/funding/G000USDT").status != 200:
+        assert time.monotonic() < deadline, "the API never served generation 0"
+        time.sleep(0.01)
     writes_wanted = 300
     stop = threading.Event()
     writer_done = threading.Event()
