@@ -7,19 +7,6 @@ set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
 cd "$REPO_ROOT" || exit 1
 
-ensure_bench_requirements() {
-  local stamp="$VENV_DIR/.bench-requirements.sha256" want
-  want=$(sha256sum "$REPO_ROOT/requirements-bench.txt" | cut -d' ' -f1)
-  [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] && return 0
-  log "installing requirements-bench.txt into $VENV_DIR"
-  if ! "$VENV_DIR/bin/pip" install --quiet --disable-pip-version-check -r "$REPO_ROOT/requirements-bench.txt" \
-      >"$CACHE_DIR/pip-bench.log" 2>&1; then
-    tail -n 20 "$CACHE_DIR/pip-bench.log" >&2
-    die "pip could not install requirements-bench.txt (log: $CACHE_DIR/pip-bench.log)"
-  fi
-  echo "$want" >"$stamp"
-}
-
 # wrk from Debian's packages when we may install it; otherwise bench/run.py falls back to its Python generator.
 ensure_wrk() {
   command -v wrk >/dev/null && return 0
@@ -34,6 +21,6 @@ ensure_wrk() {
 }
 
 ensure_venv || exit 1
-ensure_bench_requirements || exit 1
+install_requirements bench-requirements "$REPO_ROOT/requirements-bench.txt" || exit 1
 ensure_wrk
 exec "$VENV_DIR/bin/python" "$REPO_ROOT/bench/run.py" "$@"

@@ -12,22 +12,31 @@ IMAGE_PACKAGES=systemd,systemd-sysv,dbus,python3,python3-venv,python3-apt,python
 STARTED_DOCKERD=0
 mkdir -p "$CACHE_DIR"
 
-ensure_venv() {
-  local stamp="$VENV_DIR/.requirements.sha256" want
-  want=$(cat "$REPO_ROOT/requirements-dev.txt" "$REPO_ROOT/roles/funding/files/requirements.txt" \
-    "$REPO_ROOT/files/simulator-requirements.txt" | sha256sum | cut -d' ' -f1)
-  if [ -x "$VENV_DIR/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
-    log "virtualenv $VENV_DIR is up to date"
+# install_requirements LABEL FILE [HASHED_FILE...]: pip install -r FILE into the venv unless the hash of FILE and the
+# other files is the one recorded for LABEL, so a warm venv costs nothing and a changed pin refreshes it.
+install_requirements() {
+  local label=$1 file=$2 stamp want
+  stamp="$VENV_DIR/.$label.sha256"
+  want=$(cat "${@:2}" | sha256sum | cut -d' ' -f1)
+  if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+    log "$label in $VENV_DIR: up to date"
     return 0
   fi
-  log "creating/refreshing virtualenv $VENV_DIR from requirements-dev.txt"
-  python3 -m venv "$VENV_DIR" || die "python3 -m venv failed: install python3-venv (apt-get install -y python3-venv)"
-  if ! "$VENV_DIR/bin/pip" install --quiet --disable-pip-version-check -r "$REPO_ROOT/requirements-dev.txt" \
-      >"$CACHE_DIR/pip-install.log" 2>&1; then
-    tail -n 20 "$CACHE_DIR/pip-install.log" >&2
-    die "pip could not install requirements-dev.txt (PyPI unreachable or a pin unavailable; full log: $CACHE_DIR/pip-install.log)"
+  log "installing $(basename "$file") into $VENV_DIR"
+  if ! "$VENV_DIR/bin/pip" install --quiet --disable-pip-version-check -r "$file" >"$CACHE_DIR/pip-$label.log" 2>&1; then
+    tail -n 20 "$CACHE_DIR/pip-$label.log" >&2
+    die "pip could not install $file (PyPI unreachable or a pin unavailable; log: $CACHE_DIR/pip-$label.log)"
   fi
   echo "$want" >"$stamp"
+}
+
+ensure_venv() {
+  if [ ! -x "$VENV_DIR/bin/python" ]; then
+    log "creating virtualenv $VENV_DIR"
+    python3 -m venv "$VENV_DIR" || die "python3 -m venv failed: install python3-venv (apt-get install -y python3-venv)"
+  fi
+  install_requirements requirements "$REPO_ROOT/requirements-dev.txt" \
+    "$REPO_ROOT/roles/funding/files/requirements.txt" "$REPO_ROOT/files/simulator-requirements.txt"
 }
 
 ensure_docker_packages() {
