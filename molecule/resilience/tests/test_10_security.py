@@ -55,8 +55,9 @@ def test_s1_api_answers_on_loopback_only(host, case_row):
                 answered.append(address)
         assert not answered, "API answers on %s" % answered
         assert unit_property(host, API_UNIT, "IPAddressDeny").strip() != ""
-        row.observed = "listening: %s; not answering on %s; unit has IPAddressDeny=any" % (
-            ", ".join(line.split()[3] for line in listeners), ", ".join(others) or "-")
+        row.observed = "listening: %s; %s; unit has IPAddressDeny=any" % (
+            ", ".join(line.split()[3] for line in listeners),
+            "not answering on " + ", ".join(others) if others else "the box has no other address")
 
 
 def test_s2_all_three_programs_run_as_the_unprivileged_user(host, case_row):
@@ -103,7 +104,8 @@ def writable_outside_state(output: str) -> list:
 @pytest.mark.parametrize("unit", SERVICES)
 def test_s3_nothing_is_writable_for_the_service_outside_the_state_directory(host, unit, case_row):
     with case_row("S3 writable paths: %s" % unit.split(".")[0],
-                  "only %s (and the private /tmp, /var/tmp)" % ("nothing" if unit == API_UNIT else STATE_DIR)) as row:
+                  "%s, besides its private /tmp and /var/tmp" % (
+                      "nothing" if unit == API_UNIT else "only " + STATE_DIR)) as row:
         result = run_in_sandbox_of(host, unit, WRITE_PROBE)
         assert result.rc == 0, result.stderr
         outside = writable_outside_state(result.stdout)
