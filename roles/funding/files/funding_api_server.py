@@ -47,12 +47,7 @@ def port_or_zero(text: str) -> int:
 
 HOST = Setting("FUNDING_API_HOST", "127.0.0.1", "address to listen on (keep it on loopback)")
 PORT = Setting("FUNDING_API_PORT", "8888", "TCP port to listen on (0 picks a free one)", port_or_zero)
-STALE_SECONDS = Setting(
-    "FUNDING_STALE_SECONDS",
-    "180",
-    "data older than this is stale: /funding/{symbol} and /funding/health answer 503",
-    funding_settings.positive_float,
-)
+STALE_SECONDS = funding_settings.STALE_SECONDS
 THREADS = Setting(
     "FUNDING_API_THREADS", "8", "worker threads answering complete requests", funding_settings.positive_int
 )

@@ -81,6 +81,12 @@ DISCONNECT_GRACE = Setting(
     "a reconnect shorter than this is not reported as disconnected (drops, Binance's 24 h close)",
     non_negative_float,
 )
+STALE_SECONDS = Setting(
+    "FUNDING_STALE_SECONDS",
+    "180",
+    "data older than this is stale (API: 503; monitor: a warning)",
+    positive_float,
+)
 STATE_FILE = Setting(
     "FUNDING_STATE_FILE", "/var/lib/binance-funding/.funding_state.json", "path of the shared state file"
 )
