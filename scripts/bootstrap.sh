@@ -36,7 +36,7 @@ ensure_venv() {
     python3 -m venv "$VENV_DIR" || die "python3 -m venv failed: install python3-venv (apt-get install -y python3-venv)"
   fi
   install_requirements requirements "$REPO_ROOT/requirements-dev.txt" \
-    "$REPO_ROOT/roles/funding/files/requirements.txt" "$REPO_ROOT/files/simulator-requirements.txt"
+    "$REPO_ROOT/roles/funding/files/requirements.txt" "$REPO_ROOT/roles/binance_simulator/files/simulator-requirements.txt"
 }
 
 ensure_docker_packages() {
@@ -129,7 +129,7 @@ ensure_images() {
 # The role installs offline from these wheels (the test containers cannot reach PyPI over HTTPS).
 ensure_wheelhouse() {
   local stamp="$WHEELHOUSE/.requirements.sha256" want pyver
-  want=$(cat "$REPO_ROOT/roles/funding/files/requirements.txt" "$REPO_ROOT/files/simulator-requirements.txt" \
+  want=$(cat "$REPO_ROOT/roles/funding/files/requirements.txt" "$REPO_ROOT/roles/binance_simulator/files/simulator-requirements.txt" \
     | sha256sum | cut -d' ' -f1)
   if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
     log "wheelhouse $WHEELHOUSE is up to date"
@@ -140,7 +140,7 @@ ensure_wheelhouse() {
   for pyver in 3.9 3.10 3.11 3.12 3.13; do
     if ! "$VENV_DIR/bin/pip" download --quiet --disable-pip-version-check --only-binary=:all: \
         --python-version "$pyver" -d "$WHEELHOUSE" \
-        -r "$REPO_ROOT/roles/funding/files/requirements.txt" -r "$REPO_ROOT/files/simulator-requirements.txt" \
+        -r "$REPO_ROOT/roles/funding/files/requirements.txt" -r "$REPO_ROOT/roles/binance_simulator/files/simulator-requirements.txt" \
         >>"$CACHE_DIR/wheelhouse.log" 2>&1; then
       tail -n 20 "$CACHE_DIR/wheelhouse.log" >&2
       die "pip download for Python $pyver failed (PyPI unreachable?); log: $CACHE_DIR/wheelhouse.log"

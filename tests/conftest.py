@@ -7,7 +7,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 PROGRAMS = REPO / "roles" / "funding" / "files"
-SIMULATOR_DIR = REPO / "files"
+SIMULATOR_DIR = REPO / "roles" / "binance_simulator" / "files"
 
 for directory in (PROGRAMS, SIMULATOR_DIR):
     if str(directory) not in sys.path:

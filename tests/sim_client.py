@@ -1,4 +1,4 @@
-"""Client and launcher for the simulated exchange (files/binance_simulator.py), standard library only.
+"""Client and launcher for the simulated exchange (roles/binance_simulator/), standard library only.
 
 Usable from pytest, Molecule's testinfra and benchmarks:
 
@@ -24,7 +24,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Dict, Iterator, Mapping, Optional, Sequence
 
-SIMULATOR_SCRIPT = Path(__file__).resolve().parent.parent / "files" / "binance_simulator.py"
+SIMULATOR_SCRIPT = Path(__file__).resolve().parents[1] / "roles" / "binance_simulator" / "files" / "binance_simulator.py"
 MARK_PRICE_STREAM = "!markPrice@arr"
 FAST_MARK_PRICE_STREAM = "!markPrice@arr@1s"
 STARTUP_TIMEOUT_SECONDS = 15.0
