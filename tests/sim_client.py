@@ -24,7 +24,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Dict, Iterator, Mapping, Optional, Sequence
 
-SIMULATOR_SCRIPT = Path(__file__).resolve().parents[1] / "roles" / "binance_simulator" / "files" / "binance_simulator.py"
+REPO = Path(__file__).resolve().parents[1]
+SIMULATOR_SCRIPT = REPO / "roles" / "binance_simulator" / "files" / "binance_simulator.py"
 MARK_PRICE_STREAM = "!markPrice@arr"
 FAST_MARK_PRICE_STREAM = "!markPrice@arr@1s"
 STARTUP_TIMEOUT_SECONDS = 15.0
