@@ -60,11 +60,12 @@ from funding_api_view import SORT_KEYS, SnapshotView, StateViews, age_text, enco
 from funding_health import HealthRules
 from funding_json import dumps
 from funding_state import StateSnapshot
+from funding_version import VERSION
 
 log = logging.getLogger("funding_api")
 
 SERVICE_NAME = "Binance Funding Rate API"
-API_VERSION = "2.0.0"
+API_VERSION = VERSION
 JSON_CONTENT_TYPE = "application/json"
 JSON_HEADERS = [("Content-Type", JSON_CONTENT_TYPE), ("Cache-Control", "no-store")]
 ALLOWED_METHODS = "GET, HEAD"

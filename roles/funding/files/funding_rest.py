@@ -10,7 +10,6 @@ names the URL and says what went wrong, and whose `kind` lets a caller tell
 from __future__ import annotations
 
 import ipaddress
-import json
 import math
 import re
 import time
@@ -18,9 +17,11 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from urllib.parse import urlencode, urlsplit
 
+import funding_json
 import requests
+from funding_version import VERSION
 
-USER_AGENT = "binance-funding/1.0"
+USER_AGENT = "binance-funding/%s" % VERSION
 BODY_PREVIEW_CHARS = 60
 HTML_TITLE = re.compile(r"<title[^>]*>([^<]*)</title>", re.IGNORECASE)
 
@@ -123,7 +124,7 @@ class JsonHttpClient:
                 "%s: answered HTML, not JSON (%s)" % (url, _preview(data)), RestError.NOT_JSON, status
             )
         try:
-            body = json.loads(data)
+            body = funding_json.loads(data)
         except (ValueError, UnicodeDecodeError):
             raise RestError(
                 "%s: answer is not valid JSON (%s)" % (url, _preview(data) or "empty body"), RestError.NOT_JSON, status

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence
 from urllib.parse import urlsplit
 
+from funding_version import VERSION
+
 
 @dataclass(frozen=True)
 class Setting:
@@ -252,12 +254,14 @@ def build_parser(prog: str, description: str, settings: Sequence[Setting]) -> ar
     lines = ["environment variables (default in brackets):"]
     for s in settings:
         lines.append("  %-*s  %s [%s]" % (width, s.env, s.help, s.default))
-    return argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(
         prog=prog,
         description=description,
         epilog="\n".join(lines),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version="%(prog)s " + VERSION)
+    return parser
 
 
 def resolve(settings: Sequence[Setting], environ: Optional[Mapping[str, str]] = None) -> Dict[str, Any]:
