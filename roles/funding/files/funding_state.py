@@ -63,9 +63,6 @@ SYMBOL_RECORD_FIELDS: Tuple[RecordField, ...] = (
     RecordField("eventTime", INTEGER, "Binance's event time of the value, epoch milliseconds"),
     RecordField("fundingIntervalHours", INTEGER, "funding interval from REST fundingInfo (absent until known)"),
 )
-SYMBOL_RECORD_KEYS: Tuple[str, ...] = tuple(f.key for f in SYMBOL_RECORD_FIELDS)
-SYMBOL_NUMBER_KEYS: Tuple[str, ...] = tuple(f.key for f in SYMBOL_RECORD_FIELDS if f.kind == NUMBER)
-SYMBOL_INTEGER_KEYS: Tuple[str, ...] = tuple(f.key for f in SYMBOL_RECORD_FIELDS if f.kind == INTEGER)
 
 
 def finite_number(value: Any) -> Optional[float]:
