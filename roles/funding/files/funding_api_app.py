@@ -59,6 +59,7 @@ from funding_api_metrics import RequestCounter, render_metrics
 from funding_api_view import SORT_KEYS, SnapshotView, StateViews, age_text, encode_records
 from funding_health import HealthRules
 from funding_json import dumps
+from funding_monitor_state import MonitorFiles
 from funding_state import StateSnapshot
 from funding_version import VERSION
 
@@ -122,6 +123,7 @@ class ApiConfig:
     max_data_age_seconds: float = 60.0
     clock: Callable[[], float] = time.time
     started_at: float = field(default_factory=time.time)
+    monitor: Optional[MonitorFiles] = None
 
     @property
     def health_rules(self) -> HealthRules:
@@ -346,6 +348,7 @@ def build_app(views: StateViews, config: ApiConfig, counter: RequestCounter) -> 
             counter=counter,
             now=now,
             started_at=config.started_at,
+            monitor=config.monitor,
         )
         return _reply(200, body, METRICS_CONTENT_TYPE)
 

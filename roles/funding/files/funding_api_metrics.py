@@ -12,6 +12,7 @@ import threading
 from typing import Dict, Iterable, List, Optional, Tuple
 
 from funding_api_view import SnapshotView, StateViews
+from funding_monitor_state import HEALTHY, MonitorFileError, MonitorFiles, MonitorStatus, RestartHistory
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -71,6 +72,7 @@ def render_metrics(
     counter: RequestCounter,
     now: float,
     started_at: float,
+    monitor: Optional[MonitorFiles] = None,
 ) -> bytes:
     out = _Exposition()
     oldest, newest = view.data_ages(now) if view else (None, None)
@@ -138,4 +140,54 @@ def render_metrics(
         "HTTP requests answered, by route template and status code.",
         [('route="%s",status="%s"' % (_escape(route), _escape(code)), n) for (route, code), n in counter.items()],
     )
+    if monitor is not None:
+        render_monitor(out, monitor, now)
     return out.text()
+
+
+def render_monitor(out: _Exposition, files: MonitorFiles, now: float) -> None:
+    """The health monitor's restarts and last verdict, from the files it keeps in the state directory."""
+    history = RestartHistory(files.restart_file, files.window_seconds)
+    problem = history.load()
+    try:
+        status: Optional[MonitorStatus] = MonitorStatus.load(files.status_file)
+    except MonitorFileError:
+        status = None
+    units = list(files.units) + sorted(set(history.restarts) | set(history.totals) - set(files.units))
+    recent = {unit: len(history.recent(unit, now)) for unit in units}
+    out.family(
+        "funding_monitor_restarts_total",
+        "counter",
+        "Restarts the health monitor made, by unit (from its restart history).",
+        [('unit="%s"' % _escape(unit), history.totals.get(unit, 0)) for unit in units],
+    )
+    out.family(
+        "funding_monitor_restarts_in_window",
+        "gauge",
+        "Restarts by unit within the monitor's restart window (FUNDING_RESTART_WINDOW_MINUTES).",
+        [('unit="%s"' % _escape(unit), recent[unit]) for unit in units],
+    )
+    out.family(
+        "funding_monitor_restart_budget_remaining",
+        "gauge",
+        "Restarts the monitor may still make per unit in the window; 0: it only reports (manual action needed).",
+        [('unit="%s"' % _escape(unit), max(0, files.max_restarts - recent[unit])) for unit in units],
+    )
+    out.single(
+        "funding_monitor_files_ok",
+        "gauge",
+        "1 when the monitor's restart history and status files are readable (or not yet written), else 0.",
+        0 if problem or status is None else 1,
+    )
+    out.single(
+        "funding_monitor_last_check_timestamp_seconds",
+        "gauge",
+        "When the health monitor last finished a check (Unix time).",
+        status.checked_at if status else None,
+    )
+    out.single(
+        "funding_monitor_healthy",
+        "gauge",
+        "1 when the monitor's last check was HEALTHY, 0 when UNHEALTHY.",
+        (1 if status.status == HEALTHY else 0) if status and status.status else None,
+    )

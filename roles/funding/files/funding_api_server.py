@@ -28,6 +28,7 @@ import funding_systemd
 from funding_api_app import JSON_HEADERS, ApiConfig, build_app, error_body
 from funding_api_metrics import RequestCounter
 from funding_api_view import StateViews
+from funding_monitor_state import MonitorFiles
 from funding_state import StateReader
 from waitress.channel import HTTPChannel
 from waitress.server import TcpWSGIServer
@@ -46,7 +47,8 @@ CONNECTION_LIMIT = S.API_CONNECTION_LIMIT
 CHANNEL_TIMEOUT = S.API_CHANNEL_TIMEOUT
 SETTINGS = (
     HOST, PORT, S.STATE_FILE, STALE_SECONDS, S.DISCONNECT_GRACE, S.MAX_MESSAGE_AGE, THREADS, CONNECTION_LIMIT,
-    CHANNEL_TIMEOUT, S.LOG_LEVEL,
+    CHANNEL_TIMEOUT, S.LOG_LEVEL, S.MONITOR_STATE_FILE, S.MONITOR_STATUS_FILE, S.MAX_RESTARTS, S.RESTART_WINDOW,
+    S.WS_UNIT, S.API_UNIT,
 )
 
 # A 1000-symbol batch URL is about 41 KB; the application answers 414 above 64 KiB of query,
@@ -177,6 +179,17 @@ def stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def monitor_files(values: Dict[str, Any]) -> MonitorFiles:
+    """The health monitor's files, whose restarts and verdicts /metrics exposes."""
+    return MonitorFiles(
+        restart_file=values[S.MONITOR_STATE_FILE.env],
+        status_file=values[S.MONITOR_STATUS_FILE.env],
+        window_seconds=values[S.RESTART_WINDOW.env] * 60,
+        max_restarts=values[S.MAX_RESTARTS.env],
+        units=(values[S.WS_UNIT.env], values[S.API_UNIT.env]),
+    )
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     _, values = funding_settings.load(PROG, __doc__.splitlines()[0], SETTINGS, argv)
     level = values[funding_settings.LOG_LEVEL.env]
@@ -185,7 +198,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     state_file = values[funding_settings.STATE_FILE.env]
     views = StateViews(StateReader(state_file))
     config = ApiConfig(
-        stale_seconds=values[STALE_SECONDS.env], disconnect_grace_seconds=values[funding_settings.DISCONNECT_GRACE.env]
+        stale_seconds=values[STALE_SECONDS.env], disconnect_grace_seconds=values[funding_settings.DISCONNECT_GRACE.env],
+        monitor=monitor_files(values),
     )
     counter = RequestCounter()
     app = build_app(views, config, counter)

@@ -37,6 +37,13 @@ Recovery rules (never with --no-restart):
 Restarts run `<FUNDING_SUDO> -n <FUNDING_SYSTEMCTL> restart <unit>`, exactly what
 the sudoers drop-in grants, then wait up to FUNDING_RESTART_WAIT_SECONDS for
 `is-active` to say active.
+
+After the checks and the restarts (never before: a slow receiver must not delay
+them), the verdict is saved in FUNDING_MONITOR_STATUS_FILE and, when
+FUNDING_ALERT_WEBHOOK_URL is set, a webhook is sent on a status change or a
+restart, at most once per FUNDING_ALERT_MIN_INTERVAL_MINUTES per kind, bounded
+by FUNDING_ALERT_TIMEOUT_SECONDS (funding_alerts). --no-restart only looks: no
+restart, no status saved, no webhook.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -51,12 +59,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+import funding_alerts
 import funding_health
 import funding_json
 import funding_settings
 from funding_compare import compare_price, judge_funding_rate, local_event_ms
+from funding_monitor_state import MonitorFileError, MonitorStatus, RestartHistory
 from funding_rest import BinanceRest, JsonHttpClient, PremiumIndex, RestError
-from funding_state import StateFileError, age_seconds, finite_number, read_state, write_state_atomic
+from funding_state import StateFileError, age_seconds, finite_number, read_state
 
 PROG = "funding_health_monitor"
 BANNER = "=" * 100
@@ -67,7 +77,8 @@ SETTINGS = (
     S.LOG_LEVEL, S.STATE_FILE, S.DISCONNECT_GRACE, S.API_URL, S.REST_URL, S.STALE_SECONDS, S.MIN_SYMBOLS,
     S.MAX_MESSAGE_AGE, S.HTTP_TIMEOUT, S.SPOT_CHECK_SYMBOL, S.PRICE_WARN_PERCENT, S.PRICE_ERROR_PERCENT,
     S.SPOT_SAME_MOMENT, S.SPOT_TIME_GAP, S.DAEMON_STUCK, S.MAX_RESTARTS, S.RESTART_WINDOW, S.RESTART_WAIT,
-    S.SYSTEMCTL_TIMEOUT, S.SYSTEMCTL, S.SUDO, S.MONITOR_STATE_FILE, S.WS_UNIT, S.API_UNIT,
+    S.SYSTEMCTL_TIMEOUT, S.SYSTEMCTL, S.SUDO, S.MONITOR_STATE_FILE, S.WS_UNIT, S.API_UNIT, S.MONITOR_STATUS_FILE,
+    S.ALERT_WEBHOOK_URL, S.ALERT_MIN_INTERVAL, S.ALERT_TIMEOUT,
 )
 # funding_health's reasons this report states in its own (the seed's) words; any other reason is reported as is.
 REPORTED_REASONS = ("state_file", "disconnected", "no_symbols", "no_data")
@@ -89,6 +100,7 @@ class Report:
     checks: Dict[str, Any] = field(default_factory=dict)
     restarts: List[Dict[str, Any]] = field(default_factory=list)
     upstream_outage: bool = False
+    alert: Optional[Dict[str, Any]] = None  # the webhook this run sent: kinds, delivered, detail
 
     def add_info(self, line: str) -> None:
         self.info.append(line)
@@ -129,6 +141,7 @@ class Report:
             "errors": list(self.errors),
             "upstream_outage": self.upstream_outage,
             "restarts": list(self.restarts),
+            "alert": self.alert,
             "checks": dict(self.checks),
         }
 
@@ -195,45 +208,6 @@ class Systemctl:
 def _last_line(text: str) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else ""
-
-
-# --------------------------------------------------------------------------- restart history
-
-
-class RestartHistory:
-    """When each unit was restarted, within the window; a small JSON file written atomically."""
-
-    def __init__(self, path: str, window_seconds: float) -> None:
-        self.path = path
-        self.window_seconds = window_seconds
-        self.restarts: Dict[str, List[float]] = {}
-
-    def load(self) -> Optional[str]:
-        """Read the file; return a warning if it was unusable and has been reset."""
-        try:
-            with open(self.path, "rb") as handle:
-                payload = funding_json.loads(handle.read())
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError, UnicodeDecodeError) as exc:
-            return "Restart history %s was unreadable (%s); starting a new one" % (self.path, _short(exc))
-        restarts = payload.get("restarts") if isinstance(payload, dict) else None
-        if not isinstance(restarts, dict) or not all(
-            isinstance(times, list) and all(finite_number(t) is not None for t in times) for times in restarts.values()
-        ):
-            return "Restart history %s was not in the expected format; starting a new one" % self.path
-        self.restarts = {str(unit): [float(t) for t in times] for unit, times in restarts.items()}
-        return None
-
-    def recent(self, unit: str, now: float) -> List[float]:
-        return [t for t in self.restarts.get(unit, []) if now - self.window_seconds < t <= now + 60]
-
-    def record(self, unit: str, now: float) -> None:
-        """Add a restart and save; raise OSError if it cannot be saved."""
-        pruned = {u: self.recent(u, now) for u in self.restarts}
-        pruned[unit] = [*pruned.get(unit, []), now]
-        write_state_atomic(self.path, {"restarts": {u: times for u, times in pruned.items() if times}})
-        self.restarts = pruned
 
 
 def _short(exc: BaseException) -> str:
@@ -655,6 +629,52 @@ class HealthMonitor:
             time.sleep(RESTART_POLL_SECONDS)
 
 
+# --------------------------------------------------------------------------- after the checks: status and webhook
+
+
+def announce(config: Mapping[str, Any], report: Report, log: Any, host: Optional[str] = None) -> None:
+    """Save this check's verdict; send the webhook it owes, if any. Never raises, never waits past the timeout."""
+    path = config["FUNDING_MONITOR_STATUS_FILE"]
+    try:
+        saved = MonitorStatus.load(path)
+    except MonitorFileError as exc:
+        report.warn("Monitor status %s; starting a new one" % exc)
+        saved = MonitorStatus()
+    status = "HEALTHY" if report.healthy else "UNHEALTHY"
+    url = config["FUNDING_ALERT_WEBHOOK_URL"]
+    alert = None
+    if url is not None:
+        alert = funding_alerts.due_alert(
+            saved, status=status, reasons=report.errors, actions=report.restarts, now=report.started_at,
+            min_interval_seconds=config["FUNDING_ALERT_MIN_INTERVAL_MINUTES"] * 60,
+            host=host or socket.gethostname(),
+        )
+    if alert is not None:
+        for kind in alert.kinds:
+            saved.attempts[kind] = report.started_at
+        delivery = funding_alerts.post_json(url, alert.payload, config["FUNDING_ALERT_TIMEOUT_SECONDS"])
+        report.alert = {"kinds": list(alert.kinds), "delivered": delivery.delivered, "detail": delivery.detail}
+        kinds = ",".join(alert.kinds)
+        if delivery.delivered:
+            saved.announced = status
+            report.add_info("Webhook alert sent (%s): %s" % (kinds, delivery.detail))
+            log.info("event=alert_sent kinds=%s status=%s answer=%s", kinds, status, _kv(delivery.detail))
+        else:
+            report.warn("Webhook alert (%s) not delivered: %s; next attempt after %g minutes"
+                        % (kinds, delivery.detail, config["FUNDING_ALERT_MIN_INTERVAL_MINUTES"]))
+            log.warning("event=alert_failed kinds=%s status=%s error=%s", kinds, status, _kv(delivery.detail))
+    saved.status, saved.checked_at, saved.reasons = status, report.started_at, list(report.errors)
+    try:
+        saved.save(path)
+    except (OSError, ValueError) as exc:
+        report.warn("Cannot save the monitor status in %s (%s)" % (path, _short(exc)))
+
+
+def _kv(text: str) -> str:
+    """A value for a key=value log field: quoted when it has spaces or quotes."""
+    return text if text and not any(c in text for c in ' "=\\') else funding_json.dumps(text).decode("utf-8")
+
+
 def _mtime(path: str) -> Optional[float]:
     try:
         return os.stat(path).st_mtime
@@ -686,6 +706,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         report.error("Health check could not finish: internal error: %s" % exc)
     finally:
         monitor.close()
+    if not args.no_restart:
+        announce(config, report, log)
     for action in report.restarts:
         log.info("restart %s (%s): %s%s", action["unit"], action["reason"], action["result"],
                  (": %s" % action["detail"]) if action["detail"] else "")
