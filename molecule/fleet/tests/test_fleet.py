@@ -7,23 +7,24 @@ import os
 from pathlib import Path
 
 import pytest
+import testinfra
 from funding_box import ALL_UNITS, API, SIMULATOR, UNITS, get_json, http, journal
 
 FIRST, SECOND, THIRD = "funding-fleet-1", "funding-fleet-2", "funding-fleet-3"
 ROLLOUT_LOG = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent")) / "rollout.log"
 
 
-def name(host) -> str:
-    return host.backend.get_hostname()
+@pytest.fixture(scope="module")
+def fleet(request):
+    """The three hosts by name (each test is about one of them, so none is parametrized over all three)."""
+    inventory = request.config.option.ansible_inventory
+    return {
+        name: testinfra.get_host("ansible://" + name, ansible_inventory=inventory) for name in (FIRST, SECOND, THIRD)
+    }
 
 
-def only_on(host, wanted: str) -> None:
-    if name(host) != wanted:
-        pytest.skip("this check is about %s" % wanted)
-
-
-def test_the_first_host_keeps_serving(host):
-    only_on(host, FIRST)
+def test_the_first_host_keeps_serving(fleet):
+    host = fleet[FIRST]
     for unit in UNITS:
         assert host.service(unit).is_running, journal(host, unit)
     status, body = get_json(host, API + "/funding/health")
@@ -31,15 +32,15 @@ def test_the_first_host_keeps_serving(host):
     assert get_json(host, API + "/funding/BTCUSDT")[0] == 200
 
 
-def test_the_second_host_was_deployed_and_failed_its_own_verify(host):
-    only_on(host, SECOND)
+def test_the_second_host_was_deployed_and_failed_its_own_verify(fleet):
+    host = fleet[SECOND]
     assert host.file("/etc/binance-funding/funding.env").contains('FUNDING_MIN_SYMBOLS="100000"')
     log = ROLLOUT_LOG.read_text()
     assert "binance-funding is not healthy" in log and "Only " in log, log[-3000:]
 
 
-def test_the_third_host_was_never_touched_by_the_check_pass_or_the_rollout(host):
-    only_on(host, THIRD)
+def test_the_third_host_was_never_touched_by_the_check_pass_or_the_rollout(fleet):
+    host = fleet[THIRD]
     for path in ("/opt/binance-funding", "/etc/binance-funding", "/var/lib/binance-funding",
                  "/etc/sudoers.d/funding-health-monitor"):
         assert not host.file(path).exists, path
