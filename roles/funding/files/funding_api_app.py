@@ -379,6 +379,7 @@ class ApiMiddleware:
             start_response("400 Bad Request", JSON_HEADERS + [("Content-Length", str(len(body)))])
             return [] if method == "HEAD" else [body]
         statuses: List[str] = []
+        started = time.perf_counter()
 
         def recording_start_response(status: str, headers: List[Tuple[str, str]], exc_info: Any = None) -> Any:
             statuses.append(status)
@@ -396,4 +397,5 @@ class ApiMiddleware:
         route = environ.get("bottle.route")
         label = ROUTE_LABELS.get(route.rule, UNMATCHED_ROUTE) if route is not None else UNMATCHED_ROUTE
         self.counter.count(label, statuses[-1][:3] if statuses else "000")
+        self.counter.observe(label, time.perf_counter() - started)
         return result

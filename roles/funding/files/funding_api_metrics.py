@@ -9,8 +9,9 @@ prometheus_client's own parser to prove the format.
 from __future__ import annotations
 
 import threading
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
+import funding_api_latency
 from funding_api_view import SnapshotView, StateViews
 from funding_monitor_state import HEALTHY, MonitorFileError, MonitorFiles, MonitorStatus, RestartHistory
 
@@ -23,6 +24,7 @@ class RequestCounter:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts: Dict[Tuple[str, str], int] = {}
+        self._latency: Dict[str, Tuple[List[int], List[int]]] = {}  # route -> (count per slot, [sum in us])
 
     def count(self, route: str, status: str) -> None:
         key = (route, status)
@@ -32,6 +34,19 @@ class RequestCounter:
     def items(self) -> List[Tuple[Tuple[str, str], int]]:
         with self._lock:
             return sorted(self._counts.items())
+
+    def observe(self, route: str, seconds: float) -> None:
+        """One request's latency on `route`."""
+        slot = funding_api_latency.bucket_index(seconds)
+        micros = funding_api_latency.as_microseconds(seconds)
+        with self._lock:
+            counts, total = self._latency.setdefault(route, ([0] * funding_api_latency.SLOTS, [0]))
+            counts[slot] += 1
+            total[0] += micros
+
+    def latency(self) -> Dict[str, Tuple[Sequence[int], int]]:
+        with self._lock:
+            return {route: (list(counts), total[0]) for route, (counts, total) in self._latency.items()}
 
 
 def _number(value: float) -> str:
@@ -58,6 +73,9 @@ class _Exposition:
 
     def single(self, name: str, kind: str, help_text: str, value: Optional[float]) -> None:
         self.family(name, kind, help_text, [("", value)])
+
+    def raw(self, lines: Iterable[str]) -> None:
+        self.lines.extend(lines)
 
     def text(self) -> bytes:
         return ("\n".join(self.lines) + "\n").encode("utf-8")
@@ -140,6 +158,7 @@ def render_metrics(
         "HTTP requests answered, by route template and status code.",
         [('route="%s",status="%s"' % (_escape(route), _escape(code)), n) for (route, code), n in counter.items()],
     )
+    out.raw(funding_api_latency.exposition_lines(counter.latency()))
     if monitor is not None:
         render_monitor(out, monitor, now)
     return out.text()
