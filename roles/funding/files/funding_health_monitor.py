@@ -49,6 +49,7 @@ restart, no status saved, no webhook.
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import socket
@@ -64,6 +65,7 @@ import funding_health
 import funding_json
 import funding_settings
 from funding_compare import compare_price, judge_funding_rate, local_event_ms
+from funding_log import log_event
 from funding_monitor_state import MonitorFileError, MonitorStatus, RestartHistory
 from funding_rest import BinanceRest, JsonHttpClient, PremiumIndex, RestError
 from funding_state import StateFileError, age_seconds, finite_number, read_state
@@ -658,21 +660,18 @@ def announce(config: Mapping[str, Any], report: Report, log: Any, host: Optional
         if delivery.delivered:
             saved.announced = status
             report.add_info("Webhook alert sent (%s): %s" % (kinds, delivery.detail))
-            log.info("event=alert_sent kinds=%s status=%s answer=%s", kinds, status, _kv(delivery.detail))
+            log_event(log, logging.INFO, "alert_sent", kinds=kinds, status=status, answer=delivery.detail)
         else:
+            retry_min = config["FUNDING_ALERT_MIN_INTERVAL_MINUTES"]
             report.warn("Webhook alert (%s) not delivered: %s; next attempt after %g minutes"
-                        % (kinds, delivery.detail, config["FUNDING_ALERT_MIN_INTERVAL_MINUTES"]))
-            log.warning("event=alert_failed kinds=%s status=%s error=%s", kinds, status, _kv(delivery.detail))
+                        % (kinds, delivery.detail, retry_min))
+            log_event(log, logging.WARNING, "alert_failed", kinds=kinds, status=status, error=delivery.detail,
+                      next_attempt_min=retry_min)
     saved.status, saved.checked_at, saved.reasons = status, report.started_at, list(report.errors)
     try:
         saved.save(path)
     except (OSError, ValueError) as exc:
         report.warn("Cannot save the monitor status in %s (%s)" % (path, _short(exc)))
-
-
-def _kv(text: str) -> str:
-    """A value for a key=value log field: quoted when it has spaces or quotes."""
-    return text if text and not any(c in text for c in ' "=\\') else funding_json.dumps(text).decode("utf-8")
 
 
 def _mtime(path: str) -> Optional[float]:
@@ -702,6 +701,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         report = monitor.run()
     except Exception as exc:  # a monitor must report, never die with a traceback
         log.debug("internal error", exc_info=True)
+        log_event(log, logging.ERROR, "internal_error", error=str(exc))
         report = monitor.report
         report.error("Health check could not finish: internal error: %s" % exc)
     finally:
@@ -709,8 +709,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.no_restart:
         announce(config, report, log)
     for action in report.restarts:
-        log.info("restart %s (%s): %s%s", action["unit"], action["reason"], action["result"],
-                 (": %s" % action["detail"]) if action["detail"] else "")
+        level = logging.INFO if action["result"] in ("restarted", "disabled") else logging.WARNING
+        log_event(log, level, "restart", unit=action["unit"], reason=action["reason"], result=action["result"],
+                  detail=action["detail"])
+    log_event(log, logging.INFO if report.healthy else logging.WARNING, "check",
+              status="HEALTHY" if report.healthy else "UNHEALTHY", errors=len(report.errors),
+              warnings=len(report.warnings), restarts=len(report.restarts),
+              upstream_outage=report.upstream_outage)
     if args.json:
         print(funding_json.dumps(report.to_json(), pretty=True).decode("utf-8"))
     else:

@@ -1,0 +1,81 @@
+"""Event lines (`event=<name> key=value ...`) that split the same way in shlex, logfmt parsers and grep."""
+
+from __future__ import annotations
+
+import logging
+import re
+import shlex
+from typing import Dict, List
+
+import pytest
+from fakes.support import API_UNIT, WS_UNIT, FakeSystemd, closed_url, daemon_state, run_program, write_state
+from funding_log import event_line, format_value, log_event
+
+KEY = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def parse_event(line: str) -> Dict[str, str]:
+    """The fields of one event line (the part from `event=` on); AssertionError when it is not key=value."""
+    start = line.find("event=")
+    assert start >= 0, line
+    fields: Dict[str, str] = {}
+    for token in shlex.split(line[start:]):
+        key, sep, value = token.partition("=")
+        assert sep and KEY.match(key), (token, line)
+        assert key not in fields, (key, line)
+        fields[key] = value
+    return fields
+
+
+def event_lines(text: str) -> List[Dict[str, str]]:
+    return [parse_event(line) for line in text.splitlines() if "event=" in line]
+
+
+@pytest.mark.parametrize(("value", "text"), [
+    (None, "-"), (True, "true"), (3, "3"), (1.5, "1.5"), (2.0, "2"), (0.12345, "0.123"), (float("nan"), "-"),
+    ("plain", "plain"), ("two words", '"two words"'), ('say "hi"', '"say \\"hi\\""'), ("a=b", '"a=b"'),
+    ("", '""'),
+])
+def test_values_are_bare_when_they_can_be_and_quoted_when_they_must(value, text):
+    assert format_value(value) == text
+
+
+def test_an_event_line_splits_back_into_exactly_its_fields():
+    line = event_line("disconnect", conn=3, reason='server closed the connection (1000 "bye")', delay_s=1.25,
+                      attempt=2, url="wss://x/market/stream?streams=!markPrice@arr")
+    assert parse_event("WARNING " + line) == {
+        "event": "disconnect", "conn": "3", "reason": 'server closed the connection (1000 "bye")', "delay_s": "1.25",
+        "attempt": "2", "url": "wss://x/market/stream?streams=!markPrice@arr",
+    }
+
+
+def test_a_field_name_that_is_not_lower_snake_case_is_a_programming_error():
+    with pytest.raises(ValueError):
+        event_line("x", **{"Bad-Key": 1})
+
+
+def test_log_event_writes_one_line_per_event(caplog):
+    logger = logging.getLogger("test_log_events")
+    with caplog.at_level(logging.INFO, logger="test_log_events"):
+        log_event(logger, logging.INFO, "check", status="HEALTHY", errors=0)
+        log_event(logger, logging.DEBUG, "hidden", status="x")
+    assert [r.getMessage() for r in caplog.records] == ["event=check status=HEALTHY errors=0"]
+
+
+def test_every_log_line_of_the_health_monitor_is_an_event(tmp_path):
+    systemd = FakeSystemd(tmp_path / "systemd")
+    systemd.set_state(WS_UNIT, "failed")
+    systemd.set_state(API_UNIT, "active")
+    state = tmp_path / "state.json"
+    write_state(state, daemon_state({}))
+    done = run_program("funding_health_monitor.py", {
+        **systemd.env(), "FUNDING_STATE_FILE": str(state), "FUNDING_API_URL": closed_url(),
+        "FUNDING_REST_URL": "off", "FUNDING_MONITOR_STATE_FILE": str(tmp_path / "restarts.json"),
+        "FUNDING_MONITOR_STATUS_FILE": str(tmp_path / "status.json"), "FUNDING_RESTART_WAIT_SECONDS": "2",
+        "FUNDING_ALERT_WEBHOOK_URL": closed_url() + "/hook", "FUNDING_HTTP_TIMEOUT_SECONDS": "2"})
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines and all("event=" in line for line in lines), done.stderr
+    events = event_lines(done.stderr)
+    assert [e["event"] for e in events] == ["alert_failed", "restart", "check"], done.stderr
+    assert events[1]["unit"] == WS_UNIT and events[1]["result"] == "restarted"
+    assert events[2]["status"] == "UNHEALTHY" and events[2]["restarts"] == "1"
