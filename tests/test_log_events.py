@@ -76,6 +76,8 @@ def test_every_log_line_of_the_health_monitor_is_an_event(tmp_path):
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert lines and all("event=" in line for line in lines), done.stderr
     events = event_lines(done.stderr)
-    assert [e["event"] for e in events] == ["alert_failed", "restart", "check"], done.stderr
-    assert events[1]["unit"] == WS_UNIT and events[1]["result"] == "restarted"
-    assert events[2]["status"] == "UNHEALTHY" and events[2]["restarts"] == "1"
+    assert [e["event"] for e in events] == ["restart", "restart", "alert_failed", "check"], done.stderr
+    assert events[0]["unit"] == WS_UNIT and events[0]["result"] == "restarted"
+    assert events[1]["unit"] == API_UNIT and events[1]["reason"] == "API does not answer"
+    assert events[2]["error"].startswith("cannot connect") and "/hook" not in done.stderr
+    assert events[3]["status"] == "UNHEALTHY" and events[3]["restarts"] == "2"

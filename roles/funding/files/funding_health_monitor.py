@@ -706,12 +706,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         report.error("Health check could not finish: internal error: %s" % exc)
     finally:
         monitor.close()
-    if not args.no_restart:
-        announce(config, report, log)
+    # Each restart before the webhook's outcome: the order things happened in.
     for action in report.restarts:
         level = logging.INFO if action["result"] in ("restarted", "disabled") else logging.WARNING
         log_event(log, level, "restart", unit=action["unit"], reason=action["reason"], result=action["result"],
                   detail=action["detail"])
+    if not args.no_restart:
+        announce(config, report, log)
     log_event(log, logging.INFO if report.healthy else logging.WARNING, "check",
               status="HEALTHY" if report.healthy else "UNHEALTHY", errors=len(report.errors),
               warnings=len(report.warnings), restarts=len(report.restarts),
