@@ -9,7 +9,7 @@ from typing import Dict, List
 
 import pytest
 from fakes.support import API_UNIT, WS_UNIT, FakeSystemd, closed_url, daemon_state, run_program, write_state
-from funding_log import event_line, format_value, log_event
+from funding_log import KeyValueFormatter, event_line, format_value, log_event
 
 KEY = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -54,12 +54,24 @@ def test_a_field_name_that_is_not_lower_snake_case_is_a_programming_error():
         event_line("x", **{"Bad-Key": 1})
 
 
-def test_log_event_writes_one_line_per_event(caplog):
+def test_every_record_becomes_one_key_value_line_with_its_event_fields_and_message(caplog):
     logger = logging.getLogger("test_log_events")
     with caplog.at_level(logging.INFO, logger="test_log_events"):
         log_event(logger, logging.INFO, "check", status="HEALTHY", errors=0)
         log_event(logger, logging.DEBUG, "hidden", status="x")
-    assert [r.getMessage() for r in caplog.records] == ["event=check status=HEALTHY errors=0"]
+        logger.warning('plain "sentence" %d', 7)
+        try:
+            raise ZeroDivisionError("boom")
+        except ZeroDivisionError:
+            logger.exception("it failed")
+    journald = KeyValueFormatter(under_journald=True)
+    lines = [journald.format(record) for record in caplog.records]
+    assert lines[0] == "level=INFO event=check status=HEALTHY errors=0"
+    assert lines[1] == 'level=WARNING event=log msg="plain \\"sentence\\" 7"'
+    assert "\n" not in lines[2] and parse_event(lines[2])["exc"].startswith("Traceback")
+    outside = parse_event(KeyValueFormatter(under_journald=False).format(caplog.records[0]))
+    assert set(outside) == {"event", "status", "errors"}  # ts, level and logger come before event=
+    assert all(parse_event(line) for line in lines)
 
 
 def test_every_log_line_of_the_health_monitor_is_an_event(tmp_path):

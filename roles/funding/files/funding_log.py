@@ -1,9 +1,13 @@
-"""Event log lines a machine can read: `event=<name> key=value ...`, one line per event, stable keys.
+"""Log lines a machine can read: every line of every program is `key=value` pairs (logfmt), one line per record.
 
-`journalctl -o cat | grep event=` and log shippers split these without a regex per message: a value without
-spaces, quotes, `=` or backslashes is written bare; any other is a double-quoted JSON string (shlex.split and
-logfmt parsers read both). Keys are lower_snake_case; durations end in _s, counts are whole numbers. The events
-and their fields are listed in the README (Logs).
+    level=WARNING event=disconnect conn=3 reason="server closed the connection (1000)" delay_s=1.24 attempt=2 msg="..."
+
+`level`, `event` (what happened; "log" for a line that names no event) and `msg` (the sentence for people) are on
+every line; an event adds its own stable fields (log_event, or `extra={"event": ..., "fields": {...}}`). Outside
+journald (which stamps time and unit itself) `ts` and `logger` come first. A traceback is one `exc="..."` field, not
+extra lines. A value without spaces, quotes, `=` or backslashes is written bare; any other is a double-quoted JSON
+string, so `journalctl -o cat | grep event=reconnect`, shlex.split and logfmt parsers all read it. Keys are
+lower_snake_case; durations end in _s, counts are whole numbers. The README lists the events (Logs).
 """
 
 from __future__ import annotations
@@ -43,6 +47,33 @@ def event_line(event: str, **fields: Any) -> str:
     return " ".join(parts)
 
 
-def log_event(logger: logging.Logger, level: int, event: str, **fields: Any) -> None:
-    if logger.isEnabledFor(level):
-        logger.log(level, "%s", event_line(event, **fields))
+def log_event(logger: logging.Logger, level: int, event: str, msg: str = "", **fields: Any) -> None:
+    """One event: its name, its fields, and optionally a sentence for people."""
+    for key in fields:
+        if not KEY.match(key):
+            raise ValueError("log field name %r is not lower_snake_case" % key)
+    logger.log(level, "%s", msg, extra={"event": event, "fields": fields})
+
+
+class KeyValueFormatter(logging.Formatter):
+    """Every record as one logfmt line (see the module's docstring)."""
+
+    def __init__(self, under_journald: bool) -> None:
+        super().__init__()
+        self.under_journald = under_journald
+
+    def format(self, record: logging.LogRecord) -> str:
+        parts = []
+        if not self.under_journald:
+            parts.append("ts=" + self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + ".%03d" % record.msecs)
+        parts.append("level=" + record.levelname)
+        if not self.under_journald:
+            parts.append("logger=" + format_value(record.name))
+        fields = getattr(record, "fields", None) or {}
+        parts.append(event_line(str(getattr(record, "event", None) or "log"), **fields))
+        message = record.getMessage()
+        if message:
+            parts.append("msg=" + json.dumps(message, ensure_ascii=False))
+        if record.exc_info:
+            parts.append("exc=" + json.dumps(self.formatException(record.exc_info), ensure_ascii=False))
+        return " ".join(parts)

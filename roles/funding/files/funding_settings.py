@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence
 from urllib.parse import urlsplit
 
+from funding_log import KeyValueFormatter
 from funding_state import DEFAULT_STATE_FILE
 from funding_version import VERSION
 
@@ -332,12 +333,9 @@ def load(
 
 
 def setup_logging(level: str, name: str) -> logging.Logger:
-    """Plain lines on stderr: journald adds the time, host and unit itself."""
+    """key=value lines on stderr (funding_log); under journald without the time, which journald adds itself."""
     handler = logging.StreamHandler(sys.stderr)
-    if os.environ.get("JOURNAL_STREAM"):
-        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(KeyValueFormatter(under_journald=bool(os.environ.get("JOURNAL_STREAM"))))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
