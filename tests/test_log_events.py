@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shlex
+import subprocess
+import sys
 from typing import Dict, List
 
 import pytest
+from conftest import PROGRAMS
 from fakes.support import API_UNIT, WS_UNIT, FakeSystemd, closed_url, daemon_state, run_program, write_state
 from funding_log import KeyValueFormatter, event_line, format_value, log_event
+from test_api_support import fresh_symbols, start_api, wait_until
+from test_api_support import write_state as write_api_state
 
 KEY = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -93,3 +99,47 @@ def test_every_log_line_of_the_health_monitor_is_an_event(tmp_path):
     assert events[1]["unit"] == API_UNIT and events[1]["reason"] == "API does not answer"
     assert events[2]["error"].startswith("cannot connect") and "/hook" not in done.stderr
     assert events[3]["status"] == "UNHEALTHY" and events[3]["restarts"] == "2"
+
+
+def _all_lines_are_events(text: str) -> List[Dict[str, str]]:
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert lines, "no log lines at all"
+    not_events = [line for line in lines if not line.startswith(("ts=", "level=")) or " event=" not in line]
+    assert not_events == [], "\n".join(not_events[:10])
+    return [parse_event(line) for line in lines]
+
+
+def test_every_log_line_of_the_daemon_is_key_value(simulator_factory, tmp_path):
+    sim = simulator_factory().client
+    state = tmp_path / "state" / ".funding_state.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FUNDING_", "NOTIFY_SOCKET", "WATCHDOG_"))}
+    env.update(FUNDING_WS_URL=sim.ws_url("stream"), FUNDING_REST_URL=sim.rest_url, FUNDING_STATE_FILE=str(state),
+               FUNDING_SUMMARY_SECONDS="1", PYTHONUNBUFFERED="1")
+    log_path = tmp_path / "daemon.log"
+    with open(log_path, "wb") as log_file:
+        daemon = subprocess.Popen([sys.executable, str(PROGRAMS / "binance_funding_ws_daemon.py")], env=env,
+                                  stdout=log_file, stderr=subprocess.STDOUT)
+    try:
+        assert wait_until(lambda: state.exists() and "summary" in log_path.read_text(), deadline=60), \
+            log_path.read_text()
+        sim.set_fault("drop")  # a disconnect and a reconnect, with their reasons
+        assert wait_until(lambda: "reconnecting" in log_path.read_text(), deadline=30), log_path.read_text()
+    finally:
+        daemon.terminate()
+        daemon.wait(15)
+    _all_lines_are_events(log_path.read_text())
+
+
+def test_every_log_line_of_the_api_is_key_value(tmp_path):
+    state = tmp_path / "state.json"
+    api = start_api(state)  # no state file yet: a warning, then it appears
+    try:
+        write_api_state(state, fresh_symbols())
+        assert wait_until(lambda: api.get("/funding/health").status == 200)
+        for target in ("/funding/BTCUSDT", "/nope", "/metrics"):
+            api.get(target)
+        api.stop()
+        log = api.log()
+    finally:
+        api.close()
+    _all_lines_are_events(log)
