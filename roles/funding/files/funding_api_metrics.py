@@ -12,6 +12,7 @@ import threading
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import funding_api_latency
+import funding_disconnects
 from funding_api_view import SnapshotView, StateViews
 from funding_monitor_state import HEALTHY, MonitorFileError, MonitorFiles, MonitorStatus, RestartHistory
 
@@ -151,6 +152,13 @@ def render_metrics(
         "gauge",
         "Failed reconnect attempts since the last successful connection.",
         status("reconnect_attempts"),
+    )
+    out.family(
+        "funding_daemon_disconnects_total",
+        "counter",
+        "WebSocket connections that ended, by kind of reason (funding_disconnects; the journal has the full reason).",
+        [('reason="%s"' % kind, (status(funding_disconnects.status_key(kind)) or 0) if view else None)
+         for kind in funding_disconnects.KINDS],
     )
     out.family(
         "funding_api_requests_total",
