@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -143,3 +144,31 @@ def test_every_log_line_of_the_api_is_key_value(tmp_path):
     finally:
         api.close()
     _all_lines_are_events(log)
+
+
+def test_the_daemons_disconnect_and_reconnect_are_events_with_their_fields(simulator_factory, tmp_path):
+    sim = simulator_factory().client
+    state = tmp_path / "state" / ".funding_state.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FUNDING_", "NOTIFY_SOCKET", "WATCHDOG_"))}
+    env.update(FUNDING_WS_URL=sim.ws_url("stream"), FUNDING_REST_URL="off", FUNDING_STATE_FILE=str(state),
+               FUNDING_SUMMARY_SECONDS="1", PYTHONUNBUFFERED="1")
+    log_path = tmp_path / "daemon.log"
+    with open(log_path, "wb") as log_file:
+        daemon = subprocess.Popen([sys.executable, str(PROGRAMS / "binance_funding_ws_daemon.py")], env=env,
+                                  stdout=log_file, stderr=subprocess.STDOUT)
+    try:
+        assert wait_until(lambda: "event=connected" in log_path.read_text() and "event=summary" in log_path.read_text(),
+                          deadline=60), log_path.read_text()
+        sim.set_fault("drop")
+        assert wait_until(lambda: "delay_s=" in log_path.read_text(), deadline=30), log_path.read_text()
+    finally:
+        daemon.terminate()
+        daemon.wait(15)
+    events = event_lines(log_path.read_text())
+    names = [e["event"] for e in events]
+    assert {"start", "connect", "connected", "disconnect", "summary", "stop", "exit"} <= set(names), names
+    disconnect = next(e for e in events if e["event"] == "disconnect" and "delay_s" in e)
+    assert disconnect["kind"] in ("server_closed", "connection_lost", "receive_error") and disconnect["reason"]
+    assert float(disconnect["delay_s"]) > 0 and int(disconnect["attempt"]) >= 1
+    final = json.loads(state.read_text())["connection_status"]
+    assert final["disconnects_" + disconnect["kind"]] >= 1

@@ -23,12 +23,14 @@ import time
 from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import urlsplit
 
+import funding_disconnects
 import funding_feed
 import funding_settings
 import funding_state
 import funding_systemd
 import requests
 import websocket
+from funding_log import event
 
 PROG = "binance_funding_ws_daemon"
 DESCRIPTION = "Binance USD-M futures funding/mark price WebSocket daemon: keeps the shared state file current."
@@ -168,7 +170,8 @@ class StateWriter(threading.Thread):
             self.writes += 1
             if self._failing_since_errors:
                 log.info("state file %s written again after %d failed attempts", self.path,
-                         self._failing_since_errors)
+                         self._failing_since_errors,
+                         extra=event("state_write_recovered", path=self.path, failed=self._failing_since_errors))
                 self._failing_since_errors = 0
                 self._logged_errors.clear()
                 self.feed.update_status(last_state_write_error=None)
@@ -187,7 +190,7 @@ class StateWriter(threading.Thread):
             self._logged_errors.add(key)
             log.error("cannot write state file %s: %s; the previous file stays as it is, retrying "
                       "(repeats of this error are counted in state_write_errors, not logged)",
-                      self.path, description)
+                      self.path, description, extra=event("state_write_error", path=self.path, error=description))
 
 
 class Connection:
@@ -413,7 +416,8 @@ class Supervisor:
         self.connection_count += 1
         connection = Connection(self.connection_count, self.url, purpose, self.feed, wake=self.wake,
                                 connect_timeout=self.connect_timeout)
-        log.info("connecting #%d (%s) to %s", connection.number, purpose, self.url)
+        log.info("connecting #%d (%s) to %s", connection.number, purpose, self.url,
+                 extra=event("connect", conn=connection.number, slot=0, purpose=purpose, url=self.url))
         connection.start()
         return connection
 
@@ -423,10 +427,15 @@ class Supervisor:
         else:
             what = "disconnected #%d after %.1f s connected" % (
                 connection.number, (connection.closed_at or now) - connection.opened_at)
+        kind = funding_disconnects.kind_of(connection.close_reason or "")
+        self.feed.increment_status(funding_disconnects.status_key(kind))
+        fields = {"conn": connection.number, "slot": 0, "kind": kind, "reason": connection.close_reason,
+                  "connected_s": (connection.closed_at or now) - connection.opened_at
+                  if connection.opened_at is not None else None}
         self.feed.update_status(last_disconnect_time=time.time(), last_disconnect_reason=connection.close_reason)
         if self.candidate is not None:
             log.warning("%s: %s; continuing on connection #%d", what, connection.close_reason,
-                        self.candidate.number)
+                        self.candidate.number, extra=event("disconnect", **fields, continue_on=self.candidate.number))
             self.primary, self.candidate = self.candidate, None
             return
         self.primary = None
@@ -437,7 +446,8 @@ class Supervisor:
         self.next_attempt_at = now + delay
         self.feed.update_status(reconnect_attempts=self.backoff.attempts)
         log.warning("%s: %s; reconnecting in %.2f s (attempt %d)", what, connection.close_reason, delay,
-                    self.backoff.attempts)
+                    self.backoff.attempts,
+                    extra=event("disconnect", **fields, delay_s=delay, attempt=self.backoff.attempts))
 
     def _rotation_failed(self, connection: Connection, now: float) -> None:
         self.candidate = None
@@ -455,7 +465,8 @@ class Supervisor:
         if old is None:
             return
         age = now - old.opened_at if old.opened_at is not None else 0.0
-        log.info("rotated: connection #%d receives data, closing #%d after %.0f s", new.number, old.number, age)
+        log.info("rotated: connection #%d receives data, closing #%d after %.0f s", new.number, old.number, age,
+                 extra=event("rotated", conn=new.number, old_conn=old.number, age_s=age, streams_moved=0))
         old.request_close("rotated to connection #%d" % new.number)
         self.retired.append(old)
 
@@ -471,7 +482,8 @@ class Supervisor:
             reason = "no markPriceUpdate for %.1f s on %s" % (silent, self.url)
             if url_is_legacy(self.url):
                 reason += LEGACY_HINT
-            log.info("connection #%d silent for %.1f s: closing it", connection.number, silent)
+            log.info("connection #%d silent for %.1f s: closing it", connection.number, silent,
+                     extra=event("no_data", conn=connection.number, silent_s=silent, url=self.url))
             connection.request_close(reason)
 
     def _maybe_rotate(self, now: float) -> None:
@@ -483,7 +495,7 @@ class Supervisor:
         if self.next_rotation_at is not None and now < self.next_rotation_at:
             return
         log.info("connection #%d is %.0f s old: rotating before the 24 h limit", primary.number,
-                 now - primary.opened_at)
+                 now - primary.opened_at, extra=event("rotate", conn=primary.number, age_s=now - primary.opened_at))
         self.candidate = self._open("rotation")
 
     def _update_connected(self) -> None:
@@ -499,7 +511,8 @@ class Supervisor:
             if not connection.announced:
                 connection.announced = True
                 self.feed.increment_status("connections_opened")
-                log.info("connected #%d to %s", connection.number, self.url)
+                log.info("connected #%d to %s", connection.number, self.url,
+                         extra=event("connected", conn=connection.number, url=self.url))
 
     def log_summary(self, last_frames: int) -> int:
         counts = self.feed.counts()
@@ -516,6 +529,11 @@ class Supervisor:
             counts["frames_rejected"], counts["items_rejected"], counts["items_skipped_no_funding"],
             counts["items_out_of_order"], counts["reconnect_attempts"], counts["rotations"], self.writer.writes,
             counts["state_write_errors"],
+            extra=event("summary", symbols=counts["symbols"], connected=bool(counts["connected"]), frames=frames,
+                        frames_new=frames - last_frames, frames_rejected=counts["frames_rejected"],
+                        items_rejected=counts["items_rejected"], ignored=0, missing=None,
+                        reconnect_attempts=counts["reconnect_attempts"], rotations=counts["rotations"],
+                        state_writes=self.writer.writes, write_errors=counts["state_write_errors"]),
         )
         return frames
 
@@ -529,7 +547,8 @@ class Supervisor:
 
     def shutdown(self) -> None:
         if self.stop_signal is not None:
-            log.info("received %s, shutting down", signal.Signals(self.stop_signal).name)
+            log.info("received %s, shutting down", signal.Signals(self.stop_signal).name,
+                     extra=event("stop", signal=signal.Signals(self.stop_signal).name))
         connections = [c for c in (self.primary, self.candidate, *self.retired) if c is not None]
         for connection in connections:
             connection.request_close("daemon stopping")
@@ -597,7 +616,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     funding_settings.setup_logging(config["FUNDING_LOG_LEVEL"], PROG)
     url = config["FUNDING_WS_URL"]
     path = config["FUNDING_STATE_FILE"]
-    log.info("starting (pid %d): WebSocket URL %s, state file %s", os.getpid(), url, path)
+    log.info("starting (pid %d): WebSocket URL %s, state file %s", os.getpid(), url, path,
+             extra=event("start", pid=os.getpid(), url=url, state_file=path))
     if url_is_legacy(url):
         log.warning("FUNDING_WS_URL %s is not under /market: Binance sends no markPrice data on the legacy "
                     "paths; expect no-data reconnects (use %s)", url, DEFAULT_WS_URL)
@@ -635,9 +655,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     writer.stop()
     writer.join(1.0)
     if writer.write_once(lock_timeout=1.0):
-        log.info("final state written (connected: false); exiting")
+        log.info("final state written (connected: false); exiting", extra=event("exit", final_state_written=True))
     else:
-        log.error("final state could not be written; exiting")
+        log.error("final state could not be written; exiting", extra=event("exit", final_state_written=False))
     return exit_code
 
 

@@ -16,7 +16,7 @@ import json
 import logging
 import math
 import re
-from typing import Any
+from typing import Any, Dict
 
 KEY = re.compile(r"^[a-z][a-z0-9_]*$")
 BARE = re.compile(r'^[^\s"=\\]+$')
@@ -53,6 +53,14 @@ def log_event(logger: logging.Logger, level: int, event: str, msg: str = "", **f
         if not KEY.match(key):
             raise ValueError("log field name %r is not lower_snake_case" % key)
     logger.log(level, "%s", msg, extra={"event": event, "fields": fields})
+
+
+def event(name: str, **fields: Any) -> Dict[str, Any]:
+    """`extra=` for a logging call that is an event: `log.info("...", extra=event("connected", conn=3))`."""
+    for key in fields:
+        if not KEY.match(key):
+            raise ValueError("log field name %r is not lower_snake_case" % key)
+    return {"event": name, "fields": fields}
 
 
 class KeyValueFormatter(logging.Formatter):
