@@ -28,6 +28,7 @@ import funding_systemd
 from funding_api_app import JSON_HEADERS, ApiConfig, build_app, error_body
 from funding_api_metrics import RequestCounter
 from funding_api_view import StateViews
+from funding_log import event
 from funding_monitor_state import MonitorFiles
 from funding_state import StateReader
 from waitress.channel import HTTPChannel
@@ -160,7 +161,8 @@ class WatchdogFeeder(threading.Thread):
             if problem is None:
                 funding_systemd.watchdog()
             else:
-                log.warning("self-check failed (%s); not feeding the systemd watchdog", problem)
+                log.warning("self-check failed (%s); not feeding the systemd watchdog", problem,
+                            extra=event("self_check_failed", error=problem))
             delay = max(0.0, self.interval - (time.monotonic() - started))
 
 
@@ -214,7 +216,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         server = create_server(app, counter, **adjustments)
     except (OSError, ValueError) as exc:
-        log.error("cannot listen on %s port %s: %s", values[HOST.env], values[PORT.env], exc)
+        log.error("cannot listen on %s port %s: %s", values[HOST.env], values[PORT.env], exc,
+                  extra=event("listen_failed", host=values[HOST.env], port=values[PORT.env], error=str(exc)))
         return 1
     host, port = str(server.effective_host), int(server.effective_port)
     view, snapshot = views.current()
@@ -225,6 +228,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         adjustments["threads"],
         state_file,
         snapshot.error or "%d symbols" % (view.count if view else 0),
+        extra=event("start", url="http://%s:%d" % (host, port), workers=1, threads=adjustments["threads"],
+                    state_file=state_file, symbols=view.count if view else 0, state_error=snapshot.error),
     )
     funding_systemd.ready("listening on http://%s:%d" % (host, port))
     feeder = None
@@ -239,7 +244,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if feeder is not None:
             feeder.stop_event.set()
         server.close()
-    log.info("stopped")
+    log.info("stopped", extra=event("stop"))
     return 0
 
 

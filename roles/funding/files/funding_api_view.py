@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import funding_json
 from funding_health import FeedSnapshot
+from funding_log import event
 from funding_state import StateReader, StateSnapshot, finite_number
 
 log = logging.getLogger("funding_api")
@@ -189,10 +190,14 @@ class StateViews:
                 return
             self._last_error = key
             if key is None:
-                log.info("state file %s is readable again", self.reader.path)
+                log.info("state file %s is readable again", self.reader.path,
+                         extra=event("state_file_recovered", path=self.reader.path))
                 return
             self.load_errors += 1
         if view is not None:
-            log.warning("%s; serving the last good state (%d symbols)", snapshot.error, view.count)
+            log.warning("%s; serving the last good state (%d symbols)", snapshot.error, view.count,
+                        extra=event("state_file_error", path=self.reader.path, error=snapshot.error,
+                                    serving=view.count))
         else:
-            log.warning("%s; no state to serve yet", snapshot.error)
+            log.warning("%s; no state to serve yet", snapshot.error,
+                        extra=event("state_file_error", path=self.reader.path, error=snapshot.error, serving=0))
