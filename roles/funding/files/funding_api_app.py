@@ -59,6 +59,7 @@ from funding_api_metrics import RequestCounter, render_metrics
 from funding_api_view import SORT_KEYS, SnapshotView, StateViews, age_text, encode_records
 from funding_health import HealthRules
 from funding_json import dumps
+from funding_log import event
 from funding_monitor_state import MonitorFiles
 from funding_state import StateSnapshot
 from funding_version import VERSION
@@ -388,7 +389,9 @@ class ApiMiddleware:
         try:
             result = self.app(environ, recording_start_response)
         except Exception:
-            log.exception("unexpected error answering %s %s", method, echo(environ.get("PATH_INFO", "")))
+            path = echo(environ.get("PATH_INFO", ""))
+            log.exception("unexpected error answering %s %s", method, path,
+                          extra=event("internal_error", method=method, path=path))
             body = error_body(500, "internal_error", "internal server error (logged)")
             statuses.append("500")
             headers = JSON_HEADERS + [("Content-Length", str(len(body)))]
