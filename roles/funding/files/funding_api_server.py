@@ -1,38 +1,49 @@
 #!/usr/bin/env python3
 """binance-funding HTTP API: the shared state file served as JSON on 127.0.0.1:8888.
 
-The Bottle application (funding_api_app) runs under waitress: an asyncore
-loop accepts connections and buffers each request until it is complete, and
-only a complete request takes one of FUNDING_API_THREADS worker threads, so a
-client that sends half a request and waits holds a socket, never a thread.
-Every request stats the state file and parses it only when it changed, so
-what is served is at most one daemon write old (the seed cached for 1 s).
+The Bottle application (funding_api_app) runs under Granian's WSGI interface:
+this process is the supervisor, FUNDING_API_WORKERS worker processes (one per
+core, at most 4, by default) share its listening socket. Granian parses HTTP
+in Rust, so a client that sends half a request and waits holds a socket in
+the Rust event loop, never a Python thread, and FUNDING_API_HEADER_TIMEOUT
+closes it. Each worker keeps the current view of the state file and a thread
+refreshes it every FUNDING_API_STATE_POLL_MS when the file changed, so no
+request stats, parses or waits.
 
-systemd: Type=notify (READY=1 once the socket listens); with WatchdogSec set,
-a thread sends WATCHDOG=1 only after a real HTTP request to this server
-answered; SIGTERM stops cleanly with exit status 0.
+The listening socket comes from systemd when the unit is socket-activated
+(binance-funding-api.socket: LISTEN_FDS), so it outlives restarts and no
+connection is refused meanwhile; otherwise this process binds it.
+
+systemd: Type=notify; READY=1 once a real request over the socket was
+answered; with WatchdogSec set, the supervisor sends WATCHDOG=1 only after
+such a self-check succeeded, so a hung worker is noticed. A worker that dies
+is respawned. SIGTERM stops the workers and exits 0 within a few seconds.
 """
 
 from __future__ import annotations
 
+import gc
 import http.client
 import logging
-import signal
+import os
+import socket
 import sys
+import tempfile
 import threading
 import time
-from typing import Any, Dict, Optional, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import funding_settings
 import funding_systemd
-from funding_api_app import JSON_HEADERS, ApiConfig, build_app, error_body
-from funding_api_metrics import RequestCounter
-from funding_api_view import StateViews
+from funding_api_metrics import SharedCounters, counters_file_size
 from funding_settings import Setting
-from funding_state import StateReader
-from waitress.channel import HTTPChannel
-from waitress.server import TcpWSGIServer
-from waitress.task import ErrorTask
+from granian._granian import SocketHolder
+from granian.constants import HTTPModes, Interfaces
+from granian.http import HTTP1Settings
+from granian.log import LogLevels
+from granian.server.mp import MPServer
 
 PROG = "funding_api_server"
 log = logging.getLogger("funding_api")
@@ -47,94 +58,145 @@ def port_or_zero(text: str) -> int:
 
 HOST = Setting("FUNDING_API_HOST", "127.0.0.1", "address to listen on (keep it on loopback)")
 PORT = Setting("FUNDING_API_PORT", "8888", "TCP port to listen on (0 picks a free one)", port_or_zero)
-STALE_SECONDS = funding_settings.STALE_SECONDS
-THREADS = Setting(
-    "FUNDING_API_THREADS", "8", "worker threads answering complete requests", funding_settings.positive_int
-)
-CONNECTION_LIMIT = Setting(
-    "FUNDING_API_CONNECTION_LIMIT", "200", "open connections before new ones wait", funding_settings.positive_int
-)
-CHANNEL_TIMEOUT = Setting(
-    "FUNDING_API_CHANNEL_TIMEOUT",
-    "30",
-    "seconds an idle or half-sent connection is kept before it is closed",
-    funding_settings.positive_int,
-)
 SETTINGS = (
     HOST,
     PORT,
     funding_settings.STATE_FILE,
-    STALE_SECONDS,
+    funding_settings.STALE_SECONDS,
     funding_settings.DISCONNECT_GRACE,
-    THREADS,
-    CONNECTION_LIMIT,
-    CHANNEL_TIMEOUT,
+    funding_settings.API_WORKERS,
+    funding_settings.API_STATE_POLL,
+    funding_settings.API_HEADER_TIMEOUT,
     funding_settings.LOG_LEVEL,
 )
 
-# A 1000-symbol batch URL is about 41 KB; the application answers 414 above 64 KiB of query,
-# waitress answers 431 (as JSON, below) above this.
-MAX_REQUEST_HEADER_BYTES = 128 * 1024
-MAX_REQUEST_BODY_BYTES = 16 * 1024  # only GET and HEAD are served; a body is never needed
+BACKLOG = 1024
+# A 1000-symbol batch URL is about 41 KB; the application answers 414 above 64 KiB of query. Granian answers a
+# longer request line itself (414), and a request head beyond its buffer (about 256 KiB here) with 431, no body.
+MAX_BUFFER_BYTES = 128 * 1024
+# Python threads per worker that run the application. The application is CPU-bound under the GIL, so one thread
+# per process is fastest; the Rust side queues complete requests meanwhile (a half-sent one never reaches Python).
+BLOCKING_THREADS = 1
+WORKER_STOP_SECONDS = 3
+SD_LISTEN_FDS_START = 3
 
 
-class JsonErrorTask(ErrorTask):
-    """waitress's answer to a request it could not parse, as JSON like every other error.
+@dataclass(frozen=True)
+class WorkerSettings:
+    """What a worker process needs to build its application (picklable: Granian may spawn workers)."""
 
-    waitress answers 501 for a Transfer-Encoding it does not implement; that is
-    the client's request, so it is a 400 here (no client input yields a 5xx).
-    """
-
-    def execute(self) -> None:
-        error = self.request.error
-        code = error.code if 400 <= error.code < 500 else 400
-        kind = {413: "body_too_large", 431: "headers_too_large"}.get(code, "bad_request")
-        body = error_body(code, kind, "%s: %s" % (error.reason, error.body))
-        counter = getattr(self.channel.server, "request_counter", None)
-        if counter is not None:
-            counter.count("other", str(code))
-        self.status = "%d %s" % (code, error.reason if code == error.code else "Bad Request")
-        self.response_headers.extend(JSON_HEADERS)
-        self.set_close_on_finish()
-        self.content_length = len(body)
-        self.write(body)
+    state_file: str
+    stale_seconds: float
+    disconnect_grace_seconds: float
+    poll_seconds: float
+    log_level: str
+    counters_path: str
+    started_at: float
 
 
-class JsonErrorChannel(HTTPChannel):
-    error_task_class = JsonErrorTask
+def build_worker_app(settings: WorkerSettings, worker_id: int) -> Callable[..., Any]:
+    """Called in each worker process (worker_id from 1): the WSGI application and its state refresher."""
+    # Imported here, so the supervisor does not carry Bottle and the application in its own memory.
+    from funding_api_app import ApiConfig, build_app  # noqa: PLC0415
+    from funding_api_view import StateViews, ViewRefresher  # noqa: PLC0415
+    from funding_state import StateReader  # noqa: PLC0415
+
+    funding_settings.setup_logging(settings.log_level, "funding_api")
+    counter = SharedCounters(settings.counters_path, region=worker_id - 1)
+    views = StateViews(StateReader(settings.state_file), on_load=counter.count_load, on_error=counter.count_load_error)
+    config = ApiConfig(
+        stale_seconds=settings.stale_seconds,
+        disconnect_grace_seconds=settings.disconnect_grace_seconds,
+        started_at=settings.started_at,
+    )
+    app = build_app(views, config, counter)
+    ViewRefresher(views, settings.poll_seconds).start()
+    counter.count_start()
+    # Everything loaded so far lives as long as the process: keep the collector from scanning it on every reload.
+    gc.freeze()
+    return app
 
 
-class FundingWSGIServer(TcpWSGIServer):
-    channel_class = JsonErrorChannel
-
-    def __init__(self, application: Any, request_counter: Optional[RequestCounter] = None, **adjustments: Any):
-        self.request_counter = request_counter
-        super().__init__(application, map={}, **adjustments)
+def spawn_worker(worker_id: int, process_name: Optional[str], callback_loader: Callable[..., Any], *args: Any) -> None:
+    """Granian's WSGI worker, told its own number (it picks the worker's counter region)."""
+    return MPServer._spawn_wsgi_worker(worker_id, process_name, partial(callback_loader, worker_id), *args)
 
 
-def waitress_adjustments(host: str, port: int, threads: int, connection_limit: int, channel_timeout: int) -> Dict:
+def inherited_socket() -> Optional[socket.socket]:
+    """The listening socket systemd passed (socket activation), or None when there is none for this process."""
+    fds = os.environ.get("LISTEN_FDS", "")
+    pid = os.environ.get("LISTEN_PID", "")
+    if not fds.isdigit() or int(fds) < 1 or (pid and pid != str(os.getpid())):
+        return None
+    for name in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)  # the workers must not take it for their own
+    sock = socket.socket(fileno=SD_LISTEN_FDS_START)
+    if sock.type != socket.SOCK_STREAM or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        sock.detach()
+        raise OSError("file descriptor %d from systemd is not a listening stream socket" % SD_LISTEN_FDS_START)
+    return sock
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind and listen on host:port (raises OSError when it cannot)."""
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host.strip("[]"), port))
+        sock.listen(BACKLOG)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class FundingGranian(MPServer):
+    """Granian's multi-process server on a socket we already hold (bound here or passed by systemd)."""
+
+    def __init__(self, listener: socket.socket, **options: Any) -> None:
+        self.listener = listener
+        super().__init__("funding_api_app", **options)
+
+    def _init_shared_socket(self) -> None:
+        fd = self.listener.fileno()
+        self.listener.set_inheritable(True)
+        self._shd = SocketHolder(fd, False, self.backlog)
+        self._sfd = fd
+        self._sso = self.listener
+
+    def signal_handler_interrupt(self, *args: Any, **kwargs: Any) -> None:
+        funding_systemd.stopping()
+        super().signal_handler_interrupt(*args, **kwargs)
+
+
+def granian_options(workers: int, header_timeout: int, log_level: str) -> dict:
     return {
-        "host": host,
-        "port": port,
-        "threads": threads,
-        "connection_limit": connection_limit,
-        "channel_timeout": channel_timeout,
-        # How often idle channels are looked for; by default 30 s, which would double channel_timeout.
-        "cleanup_interval": max(1, min(10, channel_timeout // 3)),
-        "max_request_header_size": MAX_REQUEST_HEADER_BYTES,
-        "max_request_body_size": MAX_REQUEST_BODY_BYTES,
-        "ident": "",  # no Server header, no product name in error bodies
-        "expose_tracebacks": False,
-        "asyncore_use_poll": True,  # select() cannot watch descriptors above 1023
+        "interface": Interfaces.WSGI,
+        "workers": workers,
+        "blocking_threads": BLOCKING_THREADS,
+        "http": HTTPModes.http1,
+        "backlog": BACKLOG,
+        "http1_settings": HTTP1Settings(
+            header_read_timeout=header_timeout * 1000, keep_alive=True, max_buffer_size=MAX_BUFFER_BYTES
+        ),
+        "websockets": False,
+        "respawn_failed_workers": True,
+        "workers_kill_timeout": WORKER_STOP_SECONDS,
+        "log_level": LogLevels(log_level.lower()),
+        # Granian's lines go through our handler (journald adds time and unit); no access log.
+        "log_dictconfig": {
+            "handlers": {},
+            "loggers": {
+                "_granian": {"handlers": [], "propagate": True},
+                "granian.access": {"handlers": [], "propagate": True, "level": "WARNING"},
+            },
+        },
+        "log_access": False,
     }
 
 
-def create_server(app: Any, counter: RequestCounter, **adjustments: Any) -> FundingWSGIServer:
-    """Bind and listen (raises OSError when it cannot); serve with .run()."""
-    return FundingWSGIServer(app, request_counter=counter, **adjustments)
-
-
-def self_check_address(host: str, port: int) -> "tuple[str, int]":
+def self_check_address(host: str, port: int) -> Tuple[str, int]:
     if host in ("0.0.0.0", ""):
         return "127.0.0.1", port
     if host in ("::", "[::]"):
@@ -158,23 +220,41 @@ def self_check(host: str, port: int, timeout: float) -> Optional[str]:
     return None
 
 
-class WatchdogFeeder(threading.Thread):
-    """WATCHDOG=1 only after the server answered a real request over its socket.
+class Supervision(threading.Thread):
+    """READY=1 after the first answered self-check, then WATCHDOG=1 only after each answered one.
 
-    That proves the whole path a client uses (accept loop, request parser,
-    worker threads, application, state file) rather than merely that a thread
-    of this process is alive; a server that cannot answer is restarted.
+    A self-check is a real request over the listening socket: it proves the whole path a client uses (the socket,
+    a worker's event loop, its Python thread, the application, the state view) rather than merely that a thread of
+    this process is alive; a server that cannot answer is restarted by systemd's watchdog.
     """
 
-    def __init__(self, host: str, port: int, interval: float) -> None:
-        super().__init__(name="watchdog", daemon=True)
+    def __init__(
+        self, host: str, port: int, watchdog_interval: Optional[float], workers_started: Callable[[], bool]
+    ) -> None:
+        super().__init__(name="supervision", daemon=True)
+        self.workers_started = workers_started
         self.address = self_check_address(host, port)
-        self.interval = interval
-        self.timeout = max(0.5, min(10.0, interval / 2))
+        self.host, self.port = host, port
+        self.interval = watchdog_interval
+        self.timeout = max(0.5, min(10.0, watchdog_interval / 2)) if watchdog_interval else 2.0
         self.stop_event = threading.Event()
 
     def run(self) -> None:
-        delay = 0.0
+        # READY once every worker has built its view (a request may reach any of them) and one answered.
+        while not self.stop_event.is_set():
+            started = self.workers_started()
+            problem = self_check(self.address[0], self.address[1], self.timeout) if started else "starting"
+            if problem is None:
+                break
+            log.debug("not answering yet (%s)", problem)
+            self.stop_event.wait(0.05)
+        else:
+            return
+        funding_systemd.ready("listening on http://%s:%d" % (self.host, self.port))
+        if not self.interval:
+            return
+        funding_systemd.watchdog()
+        delay = self.interval
         while not self.stop_event.wait(delay):
             started = time.monotonic()
             problem = self_check(self.address[0], self.address[1], self.timeout)
@@ -185,71 +265,78 @@ class WatchdogFeeder(threading.Thread):
             delay = max(0.0, self.interval - (time.monotonic() - started))
 
 
-def quiet_waitress(level: str) -> None:
-    # "Task queue depth is N" is logged per request while all threads are busy: a journald flood under load.
-    if level != "DEBUG":
-        logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+def create_counters_file(workers: int) -> str:
+    """The shared request counters: one region per worker, in a file only this service's processes see."""
+    directory = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0] or None
+    fd, path = tempfile.mkstemp(prefix="api-counters-", dir=directory)
+    try:
+        os.ftruncate(fd, counters_file_size(workers))
+    finally:
+        os.close(fd)
+    return path
 
 
-def stop_on_sigterm() -> None:
-    def handler(signum: int, frame: Any) -> None:
-        # Leaves waitress's loop through its own SystemExit path, which shuts the worker threads down.
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise SystemExit(0)
-
-    signal.signal(signal.SIGTERM, handler)
+def listening_socket(host: str, port: int) -> Tuple[socket.socket, str]:
+    sock = inherited_socket()
+    if sock is not None:
+        return sock, "socket from systemd"
+    return bind_socket(host, port), "bound"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     _, values = funding_settings.load(PROG, __doc__.splitlines()[0], SETTINGS, argv)
     level = values[funding_settings.LOG_LEVEL.env]
     funding_settings.setup_logging(level, "funding_api")
-    quiet_waitress(level)
-    state_file = values[funding_settings.STATE_FILE.env]
-    views = StateViews(StateReader(state_file))
-    config = ApiConfig(
-        stale_seconds=values[STALE_SECONDS.env], disconnect_grace_seconds=values[funding_settings.DISCONNECT_GRACE.env]
-    )
-    counter = RequestCounter()
-    app = build_app(views, config, counter)
-    adjustments = waitress_adjustments(
-        values[HOST.env],
-        values[PORT.env],
-        values[THREADS.env],
-        values[CONNECTION_LIMIT.env],
-        values[CHANNEL_TIMEOUT.env],
-    )
-    stop_on_sigterm()
+    host, port = values[HOST.env], values[PORT.env]
+    workers = values[funding_settings.API_WORKERS.env]
     try:
-        server = create_server(app, counter, **adjustments)
+        listener, origin = listening_socket(host, port)
     except (OSError, ValueError) as exc:
-        log.error("cannot listen on %s port %s: %s", values[HOST.env], values[PORT.env], exc)
+        log.error("cannot listen on %s port %s: %s", host, port, exc)
         return 1
-    host, port = str(server.effective_host), int(server.effective_port)
-    view, snapshot = views.current()
-    log.info(
-        "listening on http://%s:%d with %d threads; state file %s (%s)",
-        host,
-        port,
-        adjustments["threads"],
-        state_file,
-        snapshot.error or "%d symbols" % (view.count if view else 0),
+    bound_host, bound_port = listener.getsockname()[:2]
+    counters_path = create_counters_file(workers)
+    settings = WorkerSettings(
+        state_file=values[funding_settings.STATE_FILE.env],
+        stale_seconds=values[funding_settings.STALE_SECONDS.env],
+        disconnect_grace_seconds=values[funding_settings.DISCONNECT_GRACE.env],
+        poll_seconds=values[funding_settings.API_STATE_POLL.env],
+        log_level=level,
+        counters_path=counters_path,
+        started_at=time.time(),
     )
-    funding_systemd.ready("listening on http://%s:%d" % (host, port))
-    feeder = None
-    interval = funding_systemd.watchdog_interval()
-    if interval:
-        feeder = WatchdogFeeder(host, port, interval)
-        feeder.start()
+    log.info(
+        "listening on http://%s:%d (%s) with %d worker processes; state file %s",
+        bound_host,
+        bound_port,
+        origin,
+        workers,
+        settings.state_file,
+    )
+    options = granian_options(workers, values[funding_settings.API_HEADER_TIMEOUT.env], level)
+    server = FundingGranian(listener, address=str(bound_host), port=int(bound_port), **options)
+    counters = SharedCounters(counters_path)
+    supervision = Supervision(
+        str(bound_host),
+        int(bound_port),
+        funding_systemd.watchdog_interval(),
+        lambda: counters.started_regions() >= workers,
+    )
+    supervision.start()
+    exit_code = 0
     try:
-        server.run()
+        server.serve(spawn_target=spawn_worker, target_loader=partial(build_worker_app, settings), wrap_loader=False)
+    except SystemExit as exc:  # Granian exits 1 after a worker crash loop
+        exit_code = exc.code if isinstance(exc.code, int) else 1
     finally:
+        supervision.stop_event.set()
         funding_systemd.stopping()
-        if feeder is not None:
-            feeder.stop_event.set()
-        server.close()
+        try:
+            os.unlink(counters_path)
+        except OSError:
+            pass
     log.info("stopped")
-    return 0
+    return exit_code
 
 
 if __name__ == "__main__":
