@@ -10,7 +10,7 @@ from typing import Any, Callable, Dict, Tuple
 API = "http://127.0.0.1:8888"
 SIMULATOR = "http://127.0.0.1:9000"
 UNITS = ("binance-funding-ws.service", "binance-funding-api.service")
-ALL_UNITS = UNITS + ("funding-health-check.service", "funding-health-check.timer")
+ALL_UNITS = UNITS + ("binance-funding-api.socket", "funding-health-check.service", "funding-health-check.timer")
 
 
 def http(host: Any, url: str, method: str = "GET", data: str = "") -> Tuple[int, str]:
