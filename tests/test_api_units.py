@@ -221,13 +221,13 @@ def test_a_view_sorts_records_without_funding_rate_last():
     assert [r.symbol for r in view.sorted_records("-fundingRate")] == ["AUSDT", "CUSDT", "BUSDT"]
 
 
-def test_granian_options_bound_slow_and_large_requests():
-    options = funding_api_server.granian_options(workers=2, header_timeout=30, log_level="INFO")
-    assert options["workers"] == 2 and options["respawn_failed_workers"] is True
-    assert options["http1_settings"].header_read_timeout == 30_000
+def test_granian_worker_arguments_bound_slow_and_large_requests():
+    arguments = funding_api_server.granian_worker_arguments(header_timeout=30, workers=2)
+    assert arguments["blocking_threads"] == 1 and arguments["websockets"] is False
+    assert arguments["http1_settings"].header_read_timeout == 30_000
     # A 1000-symbol batch URL (about 41 KB) must fit under the buffer limit.
-    assert options["http1_settings"].max_buffer_size > 1000 * 41 + 1024
-    assert options["log_access"] is False and options["workers_kill_timeout"] <= 4
+    assert arguments["http1_settings"].max_buffer_size > 1000 * 41 + 1024
+    assert arguments["log_access_fmt"] is None and arguments["ssl_ctx"][0] is False
 
 
 def test_workers_default_to_one_per_core_capped_at_4(monkeypatch):
