@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -12,6 +11,7 @@ import sys
 import time
 
 import funding_api_server
+import funding_api_view
 import funding_settings
 import funding_state
 import pytest
@@ -24,6 +24,7 @@ from test_api_support import (
     SERVER,
     Reply,
     assert_json_error,
+    call,
     free_port,
     fresh_symbols,
     record,
@@ -31,28 +32,6 @@ from test_api_support import (
     wait_until,
     write_state,
 )
-
-
-def call(app, path, query="", method="GET"):
-    environ = {
-        "REQUEST_METHOD": method,
-        "PATH_INFO": path,
-        "QUERY_STRING": query,
-        "SERVER_NAME": "127.0.0.1",
-        "SERVER_PORT": "8888",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "wsgi.url_scheme": "http",
-        "wsgi.input": io.BytesIO(b""),
-        "wsgi.errors": io.StringIO(),
-    }
-    started = {}
-
-    def start_response(status, headers, exc_info=None):
-        started["status"] = status
-        started["headers"] = dict(headers)
-
-    body = b"".join(app(environ, start_response))
-    return int(started["status"][:3]), started["headers"], body
 
 
 @pytest.fixture
@@ -361,3 +340,8 @@ def test_the_json_error_assertion_rejects_an_html_error_page():
     # A guard for the helper the HTTP tests rely on: a non-JSON body must fail it.
     with pytest.raises(AssertionError):
         assert_json_error(Reply(404, {"content-type": "text/html"}, b"<h1>nope</h1>"), 404)
+
+
+def test_every_key_an_answer_serves_is_a_key_of_the_state_files_symbol_record():
+    contract = {f.key for f in funding_state.SYMBOL_RECORD_FIELDS}
+    assert set(funding_api_view.RECORD_KEYS + funding_api_view.OPTIONAL_RECORD_KEYS) <= contract

@@ -43,31 +43,17 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import funding_settings
 import funding_systemd
 from funding_api_metrics import SharedCounters, counters_file_size
-from funding_settings import Setting
 
 PROG = "funding_api_server"
 log = logging.getLogger("funding_api")
 
 
-def port_or_zero(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise ValueError("must be a port from 1 to 65535 (0 picks a free one)")
-    return value
-
-
-HOST = Setting("FUNDING_API_HOST", "127.0.0.1", "address to listen on (keep it on loopback)")
-PORT = Setting("FUNDING_API_PORT", "8888", "TCP port to listen on (0 picks a free one)", port_or_zero)
+S = funding_settings
+HOST = S.API_HOST
+PORT = S.API_PORT
 SETTINGS = (
-    HOST,
-    PORT,
-    funding_settings.STATE_FILE,
-    funding_settings.STALE_SECONDS,
-    funding_settings.DISCONNECT_GRACE,
-    funding_settings.API_WORKERS,
-    funding_settings.API_STATE_POLL,
-    funding_settings.API_HEADER_TIMEOUT,
-    funding_settings.LOG_LEVEL,
+    HOST, PORT, S.STATE_FILE, S.STALE_SECONDS, S.DISCONNECT_GRACE, S.MAX_MESSAGE_AGE, S.API_WORKERS, S.API_STATE_POLL,
+    S.API_HEADER_TIMEOUT, S.LOG_LEVEL,
 )
 
 BACKLOG = 1024
@@ -92,6 +78,7 @@ class WorkerSettings:
     state_file: str
     stale_seconds: float
     disconnect_grace_seconds: float
+    max_data_age_seconds: float
     poll_seconds: float
     log_level: str
     header_timeout: int
@@ -113,6 +100,7 @@ def build_worker_app(settings: WorkerSettings, worker_id: int) -> Callable[..., 
     config = ApiConfig(
         stale_seconds=settings.stale_seconds,
         disconnect_grace_seconds=settings.disconnect_grace_seconds,
+        max_data_age_seconds=settings.max_data_age_seconds,
         started_at=settings.started_at,
     )
     app = build_app(views, config, counter)
@@ -254,8 +242,29 @@ def self_check(host: str, port: int, timeout: float) -> Optional[str]:
     return None
 
 
+def self_check_round(host: str, port: int, timeout: float, parallel: int) -> Optional[str]:
+    """`parallel` self-checks at once, each on its own connection; None when every one was answered.
+
+    The kernel hands each connection to one worker; a worker whose Python thread hangs still accepts in its Rust
+    event loop, so with twice as many checks as workers some reach it and time out.
+    """
+    problems: List[Optional[str]] = [None] * parallel
+
+    def check(index: int) -> None:
+        problems[index] = self_check(host, port, timeout)
+
+    threads = [threading.Thread(target=check, args=(i,), name="self-check-%d" % i) for i in range(1, parallel)]
+    for thread in threads:
+        thread.start()
+    check(0)
+    for thread in threads:
+        thread.join()
+    failed = [p for p in problems if p is not None]
+    return None if not failed else "%d of %d self-checks failed: %s" % (len(failed), parallel, failed[0])
+
+
 class Supervision(threading.Thread):
-    """READY=1 after the first answered self-check, then WATCHDOG=1 only after each answered one.
+    """READY=1 after the first answered self-check, then WATCHDOG=1 only after each fully answered round.
 
     A self-check is a real request over the listening socket: it proves the whole path a client uses (the socket,
     a worker's event loop, its Python thread, the application, the state view) rather than merely that a thread of
@@ -263,9 +272,15 @@ class Supervision(threading.Thread):
     """
 
     def __init__(
-        self, host: str, port: int, watchdog_interval: Optional[float], workers_started: Callable[[], bool]
+        self,
+        host: str,
+        port: int,
+        watchdog_interval: Optional[float],
+        workers_started: Callable[[], bool],
+        parallel: int = 1,
     ) -> None:
         super().__init__(name="supervision", daemon=True)
+        self.parallel = parallel
         self.workers_started = workers_started
         self.address = self_check_address(host, port)
         self.host, self.port = host, port
@@ -291,7 +306,7 @@ class Supervision(threading.Thread):
         delay = self.interval
         while not self.stop_event.wait(delay):
             began = time.monotonic()
-            problem = self_check(self.address[0], self.address[1], self.timeout)
+            problem = self_check_round(self.address[0], self.address[1], self.timeout, self.parallel)
             if problem is None:
                 funding_systemd.watchdog()
             else:
@@ -391,6 +406,7 @@ def worker_settings(values: Dict[str, Any], counters_path: str, started_at: floa
         state_file=values[funding_settings.STATE_FILE.env],
         stale_seconds=values[funding_settings.STALE_SECONDS.env],
         disconnect_grace_seconds=values[funding_settings.DISCONNECT_GRACE.env],
+        max_data_age_seconds=values[funding_settings.MAX_MESSAGE_AGE.env],
         poll_seconds=values[funding_settings.API_STATE_POLL.env],
         log_level=values[funding_settings.LOG_LEVEL.env],
         header_timeout=values[funding_settings.API_HEADER_TIMEOUT.env],
@@ -433,6 +449,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         int(bound_port),
         funding_systemd.watchdog_interval(),
         lambda: counters.started_regions() >= count,
+        parallel=2 * count,
     )
     exit_code = 0
     try:
