@@ -159,7 +159,12 @@ def run_worker(settings: WorkerSettings, worker_id: int, workers: int, listen_fd
     serve = MPServer._spawn_wsgi_worker.__wrapped__  # the worker body, without Granian's multiprocessing wrapper
     arguments = granian_worker_arguments(settings.header_timeout, workers)
     serve(worker_id, app, SocketHolder(listen_fd, False, BACKLOG), loops.get("auto"), *arguments.values())
-    return 0
+    # Leave without interpreter finalization, as Granian's own workers do (multiprocessing ends them with
+    # os._exit): its Rust threads may still reach for the GIL, and would panic on a finalizing interpreter.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 # --- the supervisor -------------------------------------------------------------------------------------------------
