@@ -87,6 +87,31 @@ STALE_SECONDS = Setting(
     "data older than this is stale (API: 503; monitor: a warning)",
     positive_float,
 )
+UNIVERSE_REFRESH_SECONDS = Setting(
+    "FUNDING_UNIVERSE_REFRESH_SECONDS",
+    "600",
+    "how often the contract universe (REST exchangeInfo, weight 1) is fetched again (+-10 % jitter)",
+    positive_float,
+)
+ARRAY_GRACE_SECONDS = Setting(
+    "FUNDING_ARRAY_GRACE_SECONDS",
+    "7",
+    "a universe symbol the all-market array has not delivered this long after connecting (or after its listing) "
+    "gets its own <symbol>@markPrice@1s stream",
+    positive_float,
+)
+SYMBOL_EXPIRE_SECONDS = Setting(
+    "FUNDING_SYMBOL_EXPIRE_SECONDS",
+    "3600",
+    "without a universe, a symbol no stream carried for this long is removed (and answers 404 delisted)",
+    positive_float,
+)
+COVERAGE_GRACE_SECONDS = Setting(
+    "FUNDING_COVERAGE_GRACE_SECONDS",
+    "120",
+    "coverage of the universe under 99 % for longer than this (and this long after the daemon started) is unhealthy",
+    non_negative_float,
+)
 STATE_FILE = Setting(
     "FUNDING_STATE_FILE", "/var/lib/binance-funding/.funding_state.json", "path of the shared state file"
 )
