@@ -95,7 +95,7 @@ UNIVERSE_REFRESH_SECONDS = Setting(
 )
 ARRAY_GRACE_SECONDS = Setting(
     "FUNDING_ARRAY_GRACE_SECONDS",
-    "7",
+    "6",
     "a universe symbol the all-market array has not delivered this long after connecting (or after its listing) "
     "gets its own <symbol>@markPrice@1s stream",
     positive_float,
