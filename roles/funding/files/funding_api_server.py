@@ -66,6 +66,7 @@ SETTINGS = (
     funding_settings.STATE_FILE,
     STALE_SECONDS,
     funding_settings.DISCONNECT_GRACE,
+    funding_settings.COVERAGE_GRACE_SECONDS,
     THREADS,
     CONNECTION_LIMIT,
     CHANNEL_TIMEOUT,
@@ -208,7 +209,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     state_file = values[funding_settings.STATE_FILE.env]
     views = StateViews(StateReader(state_file))
     config = ApiConfig(
-        stale_seconds=values[STALE_SECONDS.env], disconnect_grace_seconds=values[funding_settings.DISCONNECT_GRACE.env]
+        stale_seconds=values[STALE_SECONDS.env], disconnect_grace_seconds=values[funding_settings.DISCONNECT_GRACE.env],
+        coverage_grace_seconds=values[funding_settings.COVERAGE_GRACE_SECONDS.env],
     )
     counter = RequestCounter()
     app = build_app(views, config, counter)

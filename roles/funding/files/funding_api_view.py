@@ -16,13 +16,14 @@ import threading
 import time
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
-from funding_state import StateReader, StateSnapshot
+import funding_universe
+from funding_state import StateReader, StateSnapshot, delisted_of, universe_of
 
 log = logging.getLogger("funding_api")
 
 # Seed order of a symbol record; ageSeconds is appended per request.
 RECORD_KEYS = ("markPrice", "fundingRate", "nextFundingTime", "indexPrice")
-OPTIONAL_RECORD_KEYS = ("fundingIntervalHours",)
+OPTIONAL_RECORD_KEYS = ("fundingIntervalHours", "contractType", "underlyingType")
 
 
 def json_scalar(value: Any) -> Any:
@@ -60,13 +61,15 @@ def age_text(now: float, updated_at: float) -> bytes:
 class SymbolRecord:
     """One symbol, encoded once: `head` is the JSON object without its closing brace and ageSeconds."""
 
-    __slots__ = ("funding_rate", "head", "symbol", "updated_at")
+    __slots__ = ("contract_type", "funding_rate", "head", "symbol", "underlying_type", "updated_at")
 
     def __init__(self, symbol: str, record: Mapping[str, Any]) -> None:
         self.symbol = symbol
         # validate_payload guarantees a finite number here.
         self.updated_at = float(record["updatedAt"])
         self.funding_rate = finite_number(record.get("fundingRate"))
+        self.contract_type = record.get("contractType")
+        self.underlying_type = record.get("underlyingType")
         parts = ['{"symbol":', json_text(symbol)]
         for key in RECORD_KEYS:
             parts.append(',"%s":%s' % (key, json_text(record.get(key))))
@@ -129,6 +132,30 @@ class SnapshotView:
         self.connected = status.get("connected") is True
         self.connection_status: Dict[str, Any] = {key: json_scalar(value) for key, value in status.items()}
         self._sorted: Dict[str, List[SymbolRecord]] = {}
+        # The universe (issue 12): None while the daemon has not fetched one.
+        self.universe = universe_of(payload)
+        self.delisted = delisted_of(payload)
+        self.contract_types = frozenset(funding_universe.KNOWN_CONTRACT_TYPES) | frozenset(
+            c.get("contractType") for c in (self.universe or {}).values() if isinstance(c.get("contractType"), str))
+        self.underlying_types = frozenset(funding_universe.KNOWN_UNDERLYING_TYPES) | frozenset(
+            c.get("underlyingType") for c in (self.universe or {}).values()
+            if isinstance(c.get("underlyingType"), str) and c.get("underlyingType"))
+
+    @property
+    def expected_count(self) -> Optional[int]:
+        return len(self.universe) if self.universe is not None else None
+
+    def missing_symbols(self, now: float, stale_seconds: float) -> List[str]:
+        """Universe symbols without data newer than stale_seconds (sorted); [] without a universe."""
+        if self.universe is None:
+            return []
+        cutoff = now - stale_seconds
+        records = self.records
+        return sorted(s for s in self.universe if s not in records or records[s].updated_at < cutoff)
+
+    def tradifi_count(self) -> int:
+        return sum(1 for c in (self.universe or {}).values()
+                   if c.get("contractType") == funding_universe.TRADIFI_CONTRACT_TYPE)
 
     def status_number(self, key: str) -> Optional[float]:
         return finite_number(self.connection_status.get(key))
