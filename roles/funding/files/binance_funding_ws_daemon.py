@@ -53,6 +53,8 @@ SHUTDOWN_JOIN_SECONDS = 2.0
 WRITE_RETRY_SECONDS = 1.0
 HOUSEKEEPING_SECONDS = 1.0
 ROTATION_READY_TIMEOUT_SECONDS = 60.0
+# The array's pushes may be shards (binance-protocol.md section 2): measure over at least two of them.
+ARRAY_PUSHES_MEASURED = 2
 UNIVERSE_RETRY_INITIAL_SECONDS = 15.0
 EXCHANGE_INFO_PATH = "/fapi/v1/exchangeInfo"
 
@@ -163,11 +165,18 @@ class FeedState:
                 for update in updates:
                     array_seen[update.symbol] = seen
             universe = self.universe_symbols
-            if updates and universe is not None:
-                updates = [u for u in updates if u.symbol in universe
-                           and u.market_marker != funding_universe.COIN_M_MARKER]
-                if len(updates) != len(result.updates):
-                    self._count_ignored(result.updates, universe)
+            if universe is not None:
+                if updates:
+                    updates = [u for u in updates if u.symbol in universe
+                               and u.market_marker != funding_universe.COIN_M_MARKER]
+                    if len(updates) != len(result.updates):
+                        self._count_ignored(result.updates, universe)
+                # Rows without funding (dated, SETTLING) are skipped by the parser; say why they are not served.
+                for symbol in result.skipped_symbols:
+                    if symbol not in universe:
+                        key = funding_state.IGNORED_STATUS_PREFIX + funding_universe.ignore_reason(
+                            symbol, None, self.excluded)
+                        status[key] = status.get(key, 0) + 1
             if updates:
                 merge = funding_feed.merge_updates(self.funding, updates, now, self.funding_intervals,
                                                    contracts=self.contracts)
@@ -438,6 +447,7 @@ class Connection:
         self.closed_at: Optional[float] = None
         self.close_reason: Optional[str] = None
         self.frames = 0
+        self.array_frames = 0  # frames of the all-market array with at least one valid item
         self.announced = False  # "connected" logged and counted
         self._close_requested: Optional[str] = None
         self._ws: Optional[websocket.WebSocket] = None
@@ -553,6 +563,8 @@ class Connection:
             log.debug("connection #%d: frame rejected: %s", self.number, result.frame_reject_reason)
         elif result.reject_reasons:
             log.debug("connection #%d: items rejected: %s", self.number, dict(result.reject_reasons))
+        if result.updates and not result.per_symbol:
+            self.array_frames += 1
         if result.updates and (result.per_symbol != self.carries_array):
             now = time.monotonic()
             if self.first_data_at is None:
@@ -884,14 +896,15 @@ class Supervisor:
 
     def _reconcile_streams(self, now: float) -> None:
         primary = self.primary
-        if primary is None or primary.first_data_at is None or primary.closing:
+        if (primary is None or primary.opened_at is None or primary.closing
+                or primary.array_frames < ARRAY_PUSHES_MEASURED):
             return
         universe = self.feed.universe_symbols
         if universe is None:
             return
         # Symbols keep their stream once they have one (measuring again after every reconnect would open gaps);
         # only a symbol that leaves the universe loses it.
-        gaps = self.feed.gap_symbols(primary.first_data_at, self.array_grace_seconds, now)
+        gaps = self.feed.gap_symbols(primary.opened_at, self.array_grace_seconds, now)
         if gaps is None:
             return
         wanted = {s for s in self.stream_slot if s in universe} | gaps

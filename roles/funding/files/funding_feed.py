@@ -84,6 +84,7 @@ class FrameResult:
     frame_rejected: bool = False
     frame_reject_reason: Optional[str] = None
     reject_reasons: Counter = field(default_factory=Counter)
+    skipped_symbols: List[str] = field(default_factory=list)  # symbols of the items skipped without funding
     per_symbol: bool = False  # the frame came from a per-symbol stream, not the all-market array
     control: Optional[ControlReply] = None
 
@@ -250,6 +251,7 @@ def parse_frame(raw: Union[str, bytes, bytearray]) -> FrameResult:
             result.updates.append(value)  # type: ignore[arg-type]
         elif verdict == "skip":
             result.items_skipped_no_funding += 1
+            result.skipped_symbols.append(item["s"])
         else:
             result.reject_item(value)  # type: ignore[arg-type]
     return result
