@@ -12,7 +12,10 @@ import time
 
 import funding_state
 import pytest
-from test_daemon import daemon_factory, free_port, stored_record  # noqa: F401  (daemon_factory is a fixture)
+import test_daemon
+from test_daemon import free_port, stored_record
+
+daemon_factory = test_daemon.daemon_factory  # the fixture, shared
 
 COIN_M_ROW = "BTCUSD_PERP"
 QUICK = {"FUNDING_ARRAY_GRACE_SECONDS": "0.5", "FUNDING_UNIVERSE_REFRESH_SECONDS": "2"}
@@ -249,7 +252,7 @@ def test_rotation_keeps_tradfi_symbols_fresh_throughout(simulator_factory, daemo
         state = daemon.state()
         if state is not None:
             now = time.time()
-            worst = max(worst, max(now - state["funding_state"][s]["updatedAt"] for s in tradfi))
+            worst = max([worst] + [now - state["funding_state"][s]["updatedAt"] for s in tradfi])
         time.sleep(0.05)
     log = daemon.log
     assert log.count("closed after rotation") >= 2, log[-3000:]

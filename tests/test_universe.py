@@ -170,7 +170,8 @@ def drain(subscriptions, now):
     while True:
         message = subscriptions.next_message(t)
         if message is None:
-            if not subscriptions.pending and (subscriptions.complete and not (subscriptions.acked - subscriptions.wanted)):
+            settled = subscriptions.complete and not subscriptions.acked - subscriptions.wanted
+            if not subscriptions.pending and settled:
                 return messages, t - now
             t += 0.05
             if t - now > 100:

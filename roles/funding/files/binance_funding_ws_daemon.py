@@ -131,6 +131,7 @@ class FeedState:
         self.delisted: Dict[str, float] = dict(delisted or {})
         self.listed_at: Dict[str, float] = {}  # monotonic time a symbol entered the universe after the first one
         self.array_seen: Dict[str, float] = {}  # monotonic time the all-market array last delivered each symbol
+        self.array_frames = 0  # all-market frames with at least one valid item, on any connection
 
     def update_status(self, **values: Any) -> None:
         with self.lock:
@@ -160,6 +161,7 @@ class FeedState:
             stored = 0
             updates = result.updates
             if updates and not result.per_symbol:
+                self.array_frames += 1
                 seen = time.monotonic()
                 array_seen = self.array_seen
                 for update in updates:
@@ -695,6 +697,7 @@ class Supervisor:
         self.connection_count = 0
         self.stop_signal: Optional[int] = None
         self.next_housekeeping = time.monotonic()
+        self._spell: Optional[Tuple[float, int]] = None
         self._last_status_line = ""
 
     def _new_backoff(self) -> "Backoff":
@@ -894,17 +897,31 @@ class Supervisor:
         if changed:
             self.feed.changed.set()
 
+    def _array_spell(self) -> Optional[Tuple[float, int]]:
+        """(since when, feed.array_frames then) of the current spell of all-market data without a break.
+
+        A rotation does not break it (the old connection delivers until the new one does); a reconnect does.
+        """
+        slot = self.slots[0]
+        delivering = [c for c in (slot.primary, slot.candidate, *slot.retired)
+                      if c is not None and c.state == Connection.OPEN and c.first_data_at is not None]
+        if not delivering:
+            self._spell = None
+        elif self._spell is None:
+            first = min(delivering, key=lambda c: c.opened_at or 0.0)
+            self._spell = (first.opened_at or time.monotonic(), self.feed.array_frames - first.array_frames)
+        return self._spell
+
     def _reconcile_streams(self, now: float) -> None:
-        primary = self.primary
-        if (primary is None or primary.opened_at is None or primary.closing
-                or primary.array_frames < ARRAY_PUSHES_MEASURED):
+        spell = self._array_spell()
+        if spell is None or self.feed.array_frames - spell[1] < ARRAY_PUSHES_MEASURED:
             return
         universe = self.feed.universe_symbols
         if universe is None:
             return
         # Symbols keep their stream once they have one (measuring again after every reconnect would open gaps);
         # only a symbol that leaves the universe loses it.
-        gaps = self.feed.gap_symbols(primary.opened_at, self.array_grace_seconds, now)
+        gaps = self.feed.gap_symbols(spell[0], self.array_grace_seconds, now)
         if gaps is None:
             return
         wanted = {s for s in self.stream_slot if s in universe} | gaps
