@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import funding_health
 import funding_subscriptions as subs
 import funding_universe as fu
 import pytest
@@ -124,16 +125,19 @@ def test_a_different_second_answer_does_not_confirm_a_large_removal():
     assert not gate.decide(current, frozenset("AC")).apply
 
 
-# --- coverage ---------------------------------------------------------------------------------------------------
+# --- coverage (the health rule lives in funding_health) -----------------------------------------------------
 
 
-def test_coverage_lists_missing_universe_symbols():
-    assert fu.coverage(frozenset({"A", "B", "C"}), {"A": {}, "X": {}}) == (1, ["B", "C"])
-    assert fu.coverage(None, {"A": {}}) == (1, [])
+def test_coverage_lists_universe_symbols_without_fresh_data():
+    feed = funding_health.FeedSnapshot({}, 2, 0.0, 1000.0, universe=frozenset({"A", "B", "C"}),
+                                       updated_at={"A": 990.0, "B": 100.0, "X": 1000.0})
+    assert feed.missing_symbols(1000.0, 180.0) == ["B", "C"]
+    assert funding_health.FeedSnapshot({}, 1, 0.0, 1.0).missing_symbols(1000.0, 180.0) == []
 
 
 def reason(expected, missing, low_since, started=0.0, now=1000.0, grace=120.0):
-    return fu.coverage_reason(expected, missing, low_since, daemon_started_at=started, now=now, grace_seconds=grace)
+    return funding_health.coverage_reason(expected, missing, low_since, daemon_started_at=started, now=now,
+                                          grace_seconds=grace)
 
 
 def test_coverage_under_99_percent_is_a_reason_only_after_the_grace():
@@ -150,6 +154,27 @@ def test_coverage_reason_waits_for_the_grace_after_start_and_needs_the_low_spell
     assert reason(1000, missing, low_since=None) is None
     assert reason(1000, missing[:10], low_since=0.0) is None, "99 % is enough"
     assert reason(None, missing, low_since=0.0) is None and reason(0, [], low_since=0.0) is None
+
+
+def test_judge_turns_unhealthy_on_low_coverage_and_degraded_without_a_universe_after_the_grace():
+    now = 10_000.0
+    rules = funding_health.HealthRules()
+    status = {"connected": True, "last_message_time": now, "daemon_started_at": now - 1000,
+              "coverage_low_since": now - 500, "universe_known": True}
+    universe = frozenset("S%03d" % i for i in range(100))
+    fresh = {s: now for s in sorted(universe)[:90]}
+    feed = funding_health.FeedSnapshot(status, 90, now, now, universe=universe, updated_at=fresh)
+    verdict = funding_health.judge(feed, None, now, rules)
+    assert verdict.status == funding_health.UNHEALTHY and verdict.expected_count == 100
+    assert len(verdict.missing) == 10 and verdict.reasons[0].startswith("coverage: 90 of 100")
+    unknown = dict(status, universe_known=False, coverage_low_since=None)
+    feed = funding_health.FeedSnapshot(unknown, 90, now, now)
+    verdict = funding_health.judge(feed, None, now, rules)
+    assert verdict.status == funding_health.DEGRADED and verdict.expected_count is None
+    assert verdict.warnings[0].startswith("universe_unknown:")
+    young = dict(unknown, daemon_started_at=now - 10)
+    assert funding_health.judge(funding_health.FeedSnapshot(young, 90, now, now), None, now, rules).status == (
+        funding_health.HEALTHY)
 
 
 # --- subscriptions ----------------------------------------------------------------------------------------------

@@ -9,19 +9,21 @@ remembers state-file errors, so each one is logged and counted once.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import threading
 import time
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
+import funding_json
 import funding_universe
-from funding_state import StateReader, StateSnapshot, delisted_of, universe_of
+from funding_health import FeedSnapshot
+from funding_state import StateReader, StateSnapshot, delisted_of, finite_number, universe_of
 
 log = logging.getLogger("funding_api")
 
-# Seed order of a symbol record; ageSeconds is appended per request.
+# The keys of funding_state.SYMBOL_RECORD_FIELDS an answer carries, in the seed's order (symbol first, updatedAt
+# and the per-request ageSeconds last); eventTime stays internal.
 RECORD_KEYS = ("markPrice", "fundingRate", "nextFundingTime", "indexPrice")
 OPTIONAL_RECORD_KEYS = ("fundingIntervalHours", "contractType", "underlyingType")
 
@@ -44,13 +46,7 @@ def json_text(value: Any) -> str:
         return repr(value)
     if value is None:
         return "null"
-    return json.dumps(json_scalar(value), allow_nan=False)
-
-
-def finite_number(value: Any) -> Optional[float]:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
+    return funding_json.dumps(json_scalar(value)).decode("utf-8")
 
 
 def age_text(now: float, updated_at: float) -> bytes:
@@ -134,6 +130,11 @@ class SnapshotView:
         self._sorted: Dict[str, List[SymbolRecord]] = {}
         # The universe (issue 12): None while the daemon has not fetched one.
         self.universe = universe_of(payload)
+        self.feed = FeedSnapshot(
+            self.connection_status, self.count, self.oldest_updated_at, self.newest_updated_at,
+            universe=frozenset(self.universe) if self.universe is not None else None,
+            updated_at={symbol: record.updated_at for symbol, record in self.records.items()},
+        )
         self.delisted = delisted_of(payload)
         self.contract_types = frozenset(funding_universe.KNOWN_CONTRACT_TYPES) | frozenset(
             c.get("contractType") for c in (self.universe or {}).values() if isinstance(c.get("contractType"), str))
@@ -147,11 +148,7 @@ class SnapshotView:
 
     def missing_symbols(self, now: float, stale_seconds: float) -> List[str]:
         """Universe symbols without data newer than stale_seconds (sorted); [] without a universe."""
-        if self.universe is None:
-            return []
-        cutoff = now - stale_seconds
-        records = self.records
-        return sorted(s for s in self.universe if s not in records or records[s].updated_at < cutoff)
+        return self.feed.missing_symbols(now, stale_seconds)
 
     def tradifi_count(self) -> int:
         return sum(1 for c in (self.universe or {}).values()

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Tuple
+from typing import Any, Dict, FrozenSet, Mapping, Optional, Tuple
 
 TRADING = "TRADING"
 SETTLING = "SETTLING"
@@ -188,43 +188,3 @@ class UniverseGate:
         self._held = None
         return GateDecision(True, removed, added)
 
-
-def coverage(expected: Optional[FrozenSet[str]], served: Mapping[str, Any]) -> Tuple[int, List[str]]:
-    """(served count, sorted missing symbols) of a universe against the served records."""
-    if expected is None:
-        return len(served), []
-    missing = sorted(s for s in expected if s not in served)
-    return len(expected) - len(missing), missing
-
-
-COVERAGE_MIN_FRACTION = 0.99
-MISSING_NAMES_SHOWN = 20
-
-
-def coverage_reason(
-    expected: Optional[int],
-    missing: List[str],
-    low_since: Optional[float],
-    *,
-    daemon_started_at: Optional[float],
-    now: float,
-    grace_seconds: float,
-) -> Optional[str]:
-    """The "coverage:" health reason, or None while coverage is fine, unknown, or low for no longer than the grace.
-
-    Coverage is low when fewer than 99 % of the universe's symbols have fresh data; it is a reason only after it
-    stayed low (since `low_since`, as the daemon tracks it) for longer than `grace_seconds`, and no earlier than
-    `grace_seconds` after the daemon started.
-    """
-    if not expected:
-        return None
-    served = expected - len(missing)
-    if served >= expected * COVERAGE_MIN_FRACTION or low_since is None:
-        return None
-    if now - low_since <= grace_seconds:
-        return None
-    if daemon_started_at is not None and now - daemon_started_at <= grace_seconds:
-        return None
-    shown = ", ".join(missing[:MISSING_NAMES_SHOWN]) + (", ..." if len(missing) > MISSING_NAMES_SHOWN else "")
-    return "coverage: %d of %d perpetuals served (%.1f %%, under %g %% for %.0f s); missing: %s" % (
-        served, expected, 100.0 * served / expected, COVERAGE_MIN_FRACTION * 100, now - low_since, shown)
