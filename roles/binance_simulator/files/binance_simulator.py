@@ -185,7 +185,9 @@ def parse_config(argv: Optional[List[str]] = None, environ: Optional[Dict[str, s
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Faults: " + ", ".join(FAULT_NAMES) + ". --fault NAME[=VALUE] may be repeated; VALUE is rest_skew's "
         "percent, rotate's after (seconds of connection age), drop's mode (abrupt|close), poison's "
-        "oversize_every, or on/off for a switch. SIM_FAULTS takes a comma-separated list.",
+        "oversize_every, list's and delist's symbol, exchange_info_outage's mode, exchange_info_garbage's kind, "
+        "subscribe_error's code, array_tradfi's underlyingType, or on/off for a switch. SIM_FAULTS takes a "
+        "comma-separated list.",
     )
     for flag, variable, default, kind, text in OPTIONS:
         value = environ.get(variable, default)
@@ -358,6 +360,7 @@ class Simulator:
         self.symbol_frames_sent = 0
         self.exchange_info_requests = 0
         self.subscribe_errors_left = 0
+        self.stopping: Optional[asyncio.Event] = None
         self.pushes = {speed: 0 for speed in SPEEDS}
         self.frames_sent = 0
         self.connections_opened = 0
@@ -467,7 +470,13 @@ class Simulator:
         return self._respond(connection, 200, body)
 
     async def _hang(self, connection: ServerConnection) -> Any:
-        await asyncio.sleep(EXCHANGE_INFO_HANG_SECONDS)
+        """Answer 504 after EXCHANGE_INFO_HANG_SECONDS (at once when the simulator stops)."""
+        if self.stopping is None:
+            self.stopping = asyncio.Event()
+        try:
+            await asyncio.wait_for(self.stopping.wait(), EXCHANGE_INFO_HANG_SECONDS)
+        except asyncio.TimeoutError:
+            pass
         return self._respond(connection, 504, REST_OUTAGE_HTML.replace("503 Service Temporarily Unavailable",
                                                                        "504 Gateway Time-out"), "text/html")
 
@@ -995,6 +1004,8 @@ async def run(config: argparse.Namespace) -> int:
     ]
     await stop.wait()
     LOG.info("stopping: closing %d connections", len(simulator.connections))
+    if simulator.stopping is not None:
+        simulator.stopping.set()
     for task in tasks:
         task.cancel()
     server.close()
