@@ -576,3 +576,19 @@ def test_faults_from_the_command_line_list_and_delist_at_start(simulator_factory
     listed = exchange_info_by_symbol(client)
     assert listed["ETHUSDT"]["status"] == "SETTLING" and listed["BRANDNEWUSDT"]["status"] == "TRADING"
     assert "Traceback" not in client.log_text()
+
+
+def test_tradfi_option_sets_how_many_contracts_only_per_symbol_streams_carry(simulator_factory):
+    client = simulator_factory("--symbols", "1400", "--tradfi", "1100").client
+    status = client.status()
+    assert status["symbolCount"] == 1400 and status["tradfiCount"] == 1100
+    assert len(client.universe()["notOnArray"]) == 1100 > 1024
+    names = [symbol.lower() + "@markPrice@1s" for symbol in client.universe()["tradfi"]]
+    ws = open_ws(client.ws_base + "/market/stream")
+    try:
+        send_json(ws, {"method": "SUBSCRIBE", "params": names, "id": 1})
+        assert next_reply(ws)["error"]["code"] == 2
+        send_json(ws, {"method": "SUBSCRIBE", "params": names[:1024], "id": 2})
+        assert next_reply(ws) == {"result": None, "id": 2}
+    finally:
+        ws.close()

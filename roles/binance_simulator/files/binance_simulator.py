@@ -140,6 +140,19 @@ def _symbol_count(text: str) -> int:
     return value
 
 
+def _optional_count(text: str) -> Optional[int]:
+    """Empty: the default."""
+    if not text.strip():
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= value <= 20_000:
+        raise argparse.ArgumentTypeError(f"must be 0..20000, got {value}")
+    return value
+
+
 def _fault(text: str) -> Tuple[str, Dict[str, Any]]:
     try:
         name, params = parse_fault_flag(text)
@@ -165,6 +178,9 @@ OPTIONS = (
     ("--symbols", "SIM_SYMBOLS", str(DEFAULT_CONTRACT_COUNT), _symbol_count,
      "contracts in exchangeInfo (at least the named ones), mixed like Binance's: 65%% PERPETUAL, 20%% "
      "TRADIFI_PERPETUAL, 15%% SETTLING, 1 PENDING_TRADING, dated quarterlies"),
+    ("--tradfi", "SIM_TRADFI", "", _optional_count,
+     "TRADIFI_PERPETUAL contracts among --symbols (default: 20%% of them, like Binance); more than 1024 makes a "
+     "client open a second connection for per-symbol streams"),
     ("--push-interval", "SIM_PUSH_INTERVAL", "3.0", _positive_seconds, "seconds between !markPrice@arr pushes"),
     ("--fast-push-interval", "SIM_FAST_PUSH_INTERVAL", "1.0", _positive_seconds,
      "seconds between !markPrice@arr@1s pushes; the market ticks at this rate"),
@@ -963,7 +979,7 @@ def _write_port_file(path: str, port: int) -> None:
 
 
 async def run(config: argparse.Namespace) -> int:
-    market = Market(config.seed, config.symbols, _now_ms())
+    market = Market(config.seed, config.symbols, _now_ms(), config.tradfi)
     simulator = Simulator(config, market, FaultState())
     for name, params in config.fault:
         simulator.apply_fault(name, params, "command line")
