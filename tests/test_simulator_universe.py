@@ -592,3 +592,15 @@ def test_tradfi_option_sets_how_many_contracts_only_per_symbol_streams_carry(sim
         assert next_reply(ws) == {"result": None, "id": 2}
     finally:
         ws.close()
+
+
+def test_rest_weight_is_counted_like_binance_and_reported_in_a_header(fast_simulator):
+    client = fast_simulator
+    client.reset_counters()
+    client.exchange_info()
+    client.premium_index()
+    status, headers, _ = raw_get(client, "/fapi/v1/premiumIndex?symbol=XAUUSDT")
+    assert status == 200 and headers["X-MBX-USED-WEIGHT-1M"] == "12"
+    reported = client.status()
+    assert reported["restWeight"] == 12 and reported["exchangeInfoRequests"] == 1
+    assert reported["restRequestsByPath"] == {"/fapi/v1/exchangeInfo": 1, "/fapi/v1/premiumIndex": 2}

@@ -247,6 +247,17 @@ def stream_route(path: str, query: Dict[str, List[str]]) -> Optional[StreamRoute
     return None
 
 
+REST_WEIGHTS = {"/fapi/v1/exchangeInfo": 1, "/fapi/v1/premiumIndex": 1, "/fapi/v1/fundingInfo": 1,
+                "/fapi/v1/ping": 1, "/fapi/v1/time": 1}
+
+
+def rest_weight(path: str, query: Dict[str, List[str]]) -> int:
+    """Binance's request weight: premiumIndex without a symbol costs 10, the others 1; unknown paths 0."""
+    if path == "/fapi/v1/premiumIndex" and "symbol" not in query:
+        return 10
+    return REST_WEIGHTS.get(path, 0)
+
+
 def is_loopback(address: Any) -> bool:
     try:
         host = address[0] if isinstance(address, (tuple, list)) else address
@@ -377,6 +388,9 @@ class Simulator:
         self.exchange_info_requests = 0
         self.subscribe_errors_left = 0
         self.stopping: Optional[asyncio.Event] = None
+        self.rest_weight_total = 0
+        self.rest_by_path: Dict[str, int] = {}
+        self.rest_weight_window: Deque[Tuple[float, int]] = deque()
         self.pushes = {speed: 0 for speed in SPEEDS}
         self.frames_sent = 0
         self.connections_opened = 0
@@ -430,7 +444,23 @@ class Simulator:
         return None  # websockets performs the upgrade (or answers 426 to a plain GET)
 
     def _rest(self, connection: ServerConnection, method: str, path: str, query: Dict[str, List[str]]) -> Any:
+        """Count the request's weight like Binance (per IP, one-minute window) and answer it."""
         self.rest_requests += 1
+        weight = rest_weight(path, query)
+        now = time.monotonic()
+        if weight:
+            self.rest_weight_total += weight
+            self.rest_by_path[path] = self.rest_by_path.get(path, 0) + 1
+            self.rest_weight_window.append((now, weight))
+        while self.rest_weight_window and self.rest_weight_window[0][0] <= now - 60.0:
+            self.rest_weight_window.popleft()
+        response = self._rest_answer(connection, method, path, query)
+        if weight and response is not None and hasattr(response, "headers"):
+            response.headers["X-MBX-USED-WEIGHT-1M"] = str(sum(w for _, w in self.rest_weight_window))
+        return response
+
+    def _rest_answer(self, connection: ServerConnection, method: str, path: str,
+                     query: Dict[str, List[str]]) -> Any:
         if self.faults.is_on("rest_outage"):
             return self._respond(connection, 503, REST_OUTAGE_HTML, "text/html")
         if method != "GET":
@@ -593,6 +623,10 @@ class Simulator:
 
     def reset_counters(self) -> None:
         self.limits = LimitCounters()
+        self.rest_weight_total = 0
+        self.rest_by_path.clear()
+        self.rest_weight_window.clear()
+        self.exchange_info_requests = 0
         for info in self.connections.values():
             info.counters.message_window.reset()
             info.counters.control_window.reset()
@@ -920,6 +954,9 @@ class Simulator:
             "frozen": self.market.frozen,
             "restRequests": self.rest_requests,
             "exchangeInfoRequests": self.exchange_info_requests,
+            "restRequestsByPath": dict(self.rest_by_path),
+            "restWeight": self.rest_weight_total,
+            "restWeightLastMinute": sum(w for _, w in self.rest_weight_window),
             "symbolCount": self.market.symbol_count,
             "perpetualCount": self.market.perpetual_count,
             "arrayPerpetualCount": universe["counts"]["arrayPerpetuals"],
