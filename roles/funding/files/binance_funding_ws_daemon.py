@@ -26,6 +26,7 @@ from typing import Any, Dict, FrozenSet, List, Optional, Tuple
 from urllib.parse import urlsplit, urlunsplit
 
 import funding_feed
+import funding_health
 import funding_rest
 import funding_settings
 import funding_state
@@ -844,7 +845,7 @@ class Supervisor:
         with self.feed.lock:
             status = self.feed.status
             low = expected is not None and expected > 0 and (
-                expected - len(missing) < expected * funding_universe.COVERAGE_MIN_FRACTION)
+                expected - len(missing) < expected * funding_health.COVERAGE_MIN_FRACTION)
             values = {
                 "expected_symbols": expected,
                 "missing_symbols": len(missing) if expected is not None else None,
