@@ -112,7 +112,7 @@ def universe_of_quotes(quotes: Mapping[str, Mapping[str, Any]], now: float) -> O
     symbols = {
         s: {"contractType": q["contractType"], "underlyingType": q.get("underlyingType") or "",
             "quoteAsset": q.get("quoteAsset") or "USDT", "marginAsset": q.get("quoteAsset") or "USDT"}
-        for s, q in quotes.items() if q.get("contractType") and q.get("fundingRate") is not None
+        for s, q in quotes.items() if q.get("contractType") and q.get("perpetual") and q.get("fundingRate") is not None
     }
     return {"fetched_at": now - 60, "symbols": symbols} if symbols else None
 
@@ -138,6 +138,8 @@ def daemon_state(
         connections_opened=1,
     )
     universe = universe_of_quotes(quotes, now)
+    if universe is not None:  # the daemon serves nothing outside its universe
+        records = {s: r for s, r in records.items() if s in universe["symbols"]}
     connection.update(universe_known=universe is not None,
                       expected_symbols=len(universe["symbols"]) if universe else None)
     connection.update(status)
