@@ -241,10 +241,8 @@ def test_tradfi_symbol_is_served_after_a_live_subscribe_with_one_object_per_fram
                                   "id": 8}
         send_json(ws, {"method": "UNSUBSCRIBE", "params": ["xauusdt@markPrice@1s", "tslausdt@markPrice"], "id": 9})
         assert next_reply(ws) == {"result": None, "id": 9}
-        pushes = client.status()["pushes"]["fast"]
-        while client.status()["pushes"]["fast"] < pushes + 3:
-            data_frames(ws, 1)
-        late = data_frames(ws, 6)
+        # Frames pushed before the UNSUBSCRIBE took effect travel ahead of its answer; none follow it.
+        late = data_frames(ws, 8)
         assert {frame["stream"] for frame in late} == {"!markPrice@arr@1s"}, "unsubscribed streams stopped"
     finally:
         ws.close()

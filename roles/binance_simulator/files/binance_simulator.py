@@ -11,7 +11,7 @@ WebSocket:  /market/stream?streams=NAME[/NAME...]            combined frames {"s
             per connection (a SUBSCRIBE beyond is refused with code 2 and adds nothing)
             /stream?streams=...  /ws/...                        legacy paths: accepted, then silent forever
 REST:       /fapi/v1/exchangeInfo  /fapi/v1/premiumIndex[?symbol=]  /fapi/v1/fundingInfo  /fapi/v1/ping  /fapi/v1/time
-Control:    GET /_sim/status  GET /_sim/symbols[?symbols=A,B]  GET /_sim/universe  GET /_sim/connections
+Control:    GET /_sim/status  GET /_sim/symbols[?symbols=A,B|?all=1]  GET /_sim/universe  GET /_sim/connections
             POST /_sim/fault {"fault": NAME, ...}  POST /_sim/clear  POST /_sim/counters/reset  (loopback only)
 
 Faults (switches stay on until turned off with on=false or POST /_sim/clear; * marks one-shot actions):
@@ -530,9 +530,12 @@ class Simulator:
         if path == "/_sim/status" and method == "GET":
             return self._respond(connection, 200, self.status())
         if path == "/_sim/symbols" and method == "GET":
-            wanted = None
             if query.get("symbols"):
                 wanted = [s for s in query["symbols"][-1].upper().split(",") if s in self.market.specs]
+            elif query.get("all", ["0"])[-1].lower() in ("1", "true", "yes"):
+                wanted = list(self.market.specs)
+            else:  # what exchangeInfo lists; the COIN-M rows only with ?all=1 or by name
+                wanted = [symbol for symbol, spec in self.market.specs.items() if spec.listed]
             return self._respond(connection, 200, self.market.snapshot(wanted))
         if path == "/_sim/universe" and method == "GET":
             return self._respond(connection, 200, self.market.universe())
