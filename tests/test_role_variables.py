@@ -7,8 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
-
-yaml = pytest.importorskip("yaml")
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 ROLES = {"funding": "funding_", "binance_simulator": "binance_simulator_"}

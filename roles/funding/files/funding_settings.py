@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence
 from urllib.parse import urlsplit
 
+from funding_state import DEFAULT_STATE_FILE
 from funding_version import VERSION
 
 
@@ -108,9 +109,7 @@ def unit_name(text: str) -> str:
 
 # --------------------------------------------------------------------------- shared
 LOG_LEVEL = Setting("FUNDING_LOG_LEVEL", "INFO", "log level: DEBUG, INFO, WARNING, ERROR", log_level)
-STATE_FILE = Setting(
-    "FUNDING_STATE_FILE", "/var/lib/binance-funding/.funding_state.json", "path of the shared state file"
-)
+STATE_FILE = Setting("FUNDING_STATE_FILE", DEFAULT_STATE_FILE, "path of the shared state file")
 REST_URL = Setting(
     "FUNDING_REST_URL",
     "https://fapi.binance.com",

@@ -83,9 +83,6 @@ SYMBOL_RECORD_FIELDS: Tuple[RecordField, ...] = (
     RecordField("underlyingType", TEXT, "exchangeInfo underlyingType: COIN, EQUITY, COMMODITY, INDEX (absent until "
                 "the daemon knows the universe)"),
 )
-SYMBOL_RECORD_KEYS: Tuple[str, ...] = tuple(f.key for f in SYMBOL_RECORD_FIELDS)
-SYMBOL_NUMBER_KEYS: Tuple[str, ...] = tuple(f.key for f in SYMBOL_RECORD_FIELDS if f.kind == NUMBER)
-SYMBOL_INTEGER_KEYS: Tuple[str, ...] = tuple(f.key for f in SYMBOL_RECORD_FIELDS if f.kind == INTEGER)
 
 
 def finite_number(value: Any) -> Optional[float]:
