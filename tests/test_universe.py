@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import funding_health
+import funding_json
+import funding_state
 import funding_subscriptions as subs
 import funding_universe as fu
 import pytest
@@ -285,3 +287,17 @@ def test_symbols_keep_their_slot_and_new_ones_fill_free_room():
     again = subs.assign_slots(slots, kept + ["NEW"])
     assert all(again[s] == slots[s] for s in kept)
     assert again["NEW"] == 0, "the freed place on the first connection is reused"
+
+
+# --- the state file's pre-encoded universe ----------------------------------------------------------------------
+
+
+def test_a_pre_encoded_universe_is_spliced_into_valid_json_equal_to_encoding_it_whole():
+    universe = {"fetched_at": 1.5, "symbols": {"XAUUSDT": {"contractType": "TRADIFI_PERPETUAL"}}}
+    plain = funding_state.build_payload({"A": {"updatedAt": 1.0}}, {"connected": True}, 2.0, 3, universe=universe,
+                                        delisted={"B": 1.0})
+    spliced = dict(plain, universe=funding_state.EncodedJson(funding_json.dumps(universe)))
+    assert funding_json.loads(funding_state.encode_payload(spliced)) == funding_json.loads(
+        funding_state.encode_payload(plain))
+    only = {"u": funding_state.EncodedJson(b"1"), "v": funding_state.EncodedJson(b"[2]")}
+    assert funding_json.loads(funding_state.encode_payload(only)) == {"u": 1, "v": [2]}

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import funding_feed
 import funding_health
+import funding_json
 import funding_rest
 import funding_settings
 import funding_state
@@ -94,6 +95,7 @@ class FeedState:
         self.listed_at: Dict[str, float] = {}  # monotonic time a symbol entered the universe after the first one
         self.array_seen: Dict[str, float] = {}  # monotonic time the all-market array last delivered each symbol
         self.array_frames = 0  # all-market frames with at least one valid item, on any connection
+        self._universe_json: Optional[funding_state.EncodedJson] = None
 
     def update_status(self, **values: Any) -> None:
         with self.lock:
@@ -183,6 +185,7 @@ class FeedState:
             added = symbols - previous if previous is not None else frozenset()
             left = previous - symbols if previous is not None else frozenset()
             self.contracts = universe.contracts
+            self._universe_json = None
             self.universe_symbols = symbols
             self.excluded = dict(universe.excluded)
             self.universe_fetched_at = fetched_at
@@ -265,10 +268,14 @@ class FeedState:
                     gaps.add(symbol)
         return frozenset(gaps)
 
-    def universe_for_file(self) -> Optional[Dict[str, Any]]:
+    def universe_for_file(self) -> Optional[funding_state.EncodedJson]:
+        """The state file's `universe`, encoded once per universe (it is a third of the file, written every change)."""
         if self.contracts is None:
             return None
-        return {"fetched_at": self.universe_fetched_at, "symbols": self.contracts}
+        if self._universe_json is None:
+            self._universe_json = funding_state.EncodedJson(
+                funding_json.dumps({"fetched_at": self.universe_fetched_at, "symbols": self.contracts}))
+        return self._universe_json
 
     def payload(self) -> Dict[str, Any]:
         # Records are replaced, never mutated, so shallow copies are consistent snapshots. The universe dict is

@@ -41,7 +41,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import funding_json
 
@@ -190,7 +190,7 @@ def build_payload(
     updated_at: float,
     daemon_pid: int,
     *,
-    universe: Optional[Mapping[str, Any]] = None,
+    universe: Union[Mapping[str, Any], "EncodedJson", None] = None,
     delisted: Optional[Mapping[str, float]] = None,
 ) -> Dict[str, Any]:
     payload: Dict[str, Any] = {
@@ -231,9 +231,22 @@ def delisted_of(payload: Mapping[str, Any]) -> Dict[str, float]:
     return {s: float(t) for s, t in delisted.items() if isinstance(s, str) and is_finite_number(t)}
 
 
+class EncodedJson(bytes):
+    """A payload value already encoded as compact JSON (the universe: unchanged between refreshes, encoded once)."""
+
+
 def encode_payload(payload: Mapping[str, Any]) -> bytes:
     # Compact: the file is re-read on every change by every reader, so its size is latency.
-    return funding_json.dumps(payload)
+    encoded = [(key, value) for key, value in payload.items() if isinstance(value, EncodedJson)]
+    if not encoded:
+        return funding_json.dumps(payload)
+    head = funding_json.dumps({k: v for k, v in payload.items() if not isinstance(v, EncodedJson)})
+    parts = [head[:-1]]
+    for key, value in encoded:
+        parts.append(b"%s%s:%s" % (b"," if len(head) > 2 else b"", funding_json.dumps(key), bytes(value)))
+        head = b"{.}"  # every later part follows a member
+    parts.append(b"}")
+    return b"".join(parts)
 
 
 def temp_path_for(path: str, pid: Optional[int] = None) -> str:
