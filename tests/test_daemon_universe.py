@@ -84,6 +84,16 @@ def test_every_trading_perpetual_tradfi_included_is_served_with_exact_values_wit
           % (full_after, status["symbol_streams"], limits["peakSubscribeMessagesPerSecondPerConnection"]))
 
 
+def test_the_raw_stream_url_fills_its_gaps_too(simulator_factory, daemon_factory):
+    # Raw frames: the array bare, a per-symbol payload a bare object, acknowledgements the same as on combined URLs.
+    sim = simulator_factory().client
+    daemon = daemon_factory(sim.ws_url("ws"), rest_url=sim.rest_url, FUNDING_ARRAY_GRACE_SECONDS="0.5")
+    universe = set(trading_perpetuals(sim))
+    state = daemon.wait_for_state(lambda s: set(s["funding_state"]) == universe, "every perpetual on the raw URL")
+    assert state["connection_status"]["frames_rejected"] == 0
+    assert state["funding_state"]["XAUUSDT"]["contractType"] == "TRADIFI_PERPETUAL"
+
+
 def test_a_listing_appears_and_a_delisting_disappears_within_one_refresh_without_a_reconnect(
         simulator_factory, daemon_factory):
     sim = simulator_factory().client
