@@ -69,6 +69,7 @@ class SymbolRecord:
         updated_at: float,
         funding_rate: Optional[float],
         head: bytes,
+        *,
         contract_type: Optional[str] = None,
         underlying_type: Optional[str] = None,
     ) -> None:
@@ -153,8 +154,8 @@ def build_records(funding_state: Mapping[str, Mapping[str, Any]]) -> Dict[str, S
             float(document["updatedAt"]),
             rate,
             head,
-            contract_type if isinstance(contract_type, str) else None,
-            underlying_type if isinstance(underlying_type, str) else None,
+            contract_type=contract_type if isinstance(contract_type, str) else None,
+            underlying_type=underlying_type if isinstance(underlying_type, str) else None,
         )
     return records
 
