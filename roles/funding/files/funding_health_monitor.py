@@ -19,8 +19,8 @@ Besides, against the daemon's contract universe (exchangeInfo): "N of M perpetua
 naming the perpetuals without fresh data, and funding_health's "coverage:" error when coverage stays under
 99 % past FUNDING_COVERAGE_GRACE_SECONDS; FUNDING_MIN_SYMBOLS is only a sanity floor.
 
-Checks 2 and 6 (and an error when even the newest symbol is stale) are funding_health's verdict on the state file,
-the one the API's /funding/health gives on the same state at the same moment; the spot check's rules are
+Checks 2 and 6 (and an error when even the newest symbol is stale) are funding_health's verdict on the state
+file, the one the API's /funding/health gives on the same state at the same moment; the spot check's rules are
 funding_compare's. With FUNDING_REST_URL=off the spot check is skipped and an outage cannot be told apart from a
 stuck daemon, so the restart rule below applies without the REST ping.
 
