@@ -98,6 +98,16 @@ def test_gaps_are_universe_symbols_the_array_did_not_deliver_within_the_grace(fe
     assert feed.funding["XAUUSDT"]["contractType"] == "TRADIFI_PERPETUAL"
 
 
+def test_a_symbol_the_array_stops_carrying_becomes_a_gap_after_the_absence_limit(feed):
+    feed.apply_universe(universe_of(("AUSDT", "PERPETUAL", "TRADING"), ("BUSDT", "PERPETUAL", "TRADING")), 1.0)
+    since = time.monotonic()
+    feed.apply_frame(array_frame(item("AUSDT"), item("BUSDT")))
+    later = since + daemon.ARRAY_ABSENCE_SECONDS + 1
+    feed.array_seen["AUSDT"] = later - 1  # still carried; BUSDT was last seen at `since`
+    assert feed.gap_symbols(since, 5.0, since + 6.0) == frozenset()
+    assert feed.gap_symbols(since, 5.0, later) == {"BUSDT"}
+
+
 def test_a_listing_waits_for_its_own_grace_before_it_counts_as_a_gap(feed):
     feed.apply_universe(universe_of(("AUSDT", "PERPETUAL", "TRADING")), 1.0)
     since = time.monotonic() - 100

@@ -55,6 +55,8 @@ HOUSEKEEPING_SECONDS = 1.0
 ROTATION_READY_TIMEOUT_SECONDS = 60.0
 # The array's pushes may be shards (binance-protocol.md section 2): measure over at least two of them.
 ARRAY_PUSHES_MEASURED = 2
+# A symbol the array delivered once but then left out this long (the array's content changes) gets its own stream.
+ARRAY_ABSENCE_SECONDS = 60.0
 UNIVERSE_RETRY_INITIAL_SECONDS = 15.0
 EXCHANGE_INFO_PATH = "/fapi/v1/exchangeInfo"
 
@@ -252,7 +254,8 @@ class FeedState:
 
     def gap_symbols(self, connected_since: float, grace_seconds: float, now: float) -> Optional[FrozenSet[str]]:
         """Universe symbols the all-market array did not deliver within grace_seconds of `connected_since` (or of
-        their listing): the ones that need their own stream. None while it cannot be measured yet."""
+        their listing), or has stopped delivering for ARRAY_ABSENCE_SECONDS: the ones that need their own stream.
+        None while it cannot be measured yet."""
         with self.lock:
             universe = self.universe_symbols
             if universe is None:
@@ -264,7 +267,7 @@ class FeedState:
                 since = max(connected_since, listed_at.get(symbol, connected_since))
                 if now - since < grace_seconds:
                     continue
-                if array_seen.get(symbol, -1.0) < since:
+                if array_seen.get(symbol, -1.0) < max(since, now - ARRAY_ABSENCE_SECONDS):
                     gaps.add(symbol)
         return frozenset(gaps)
 

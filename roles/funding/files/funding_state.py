@@ -131,6 +131,7 @@ def validate_symbol_record(symbol: str, record: Any) -> None:
             problem = "is missing or not a number" if required else "is not a number"
             raise StateFileError("funding_state[%r].%s %s" % (symbol, key, problem))
 
+
 CONTRACT_KEYS: Tuple[str, ...] = tuple(f.key for f in SYMBOL_RECORD_FIELDS if f.kind == TEXT)
 UNIVERSE_KEY = "universe"
 DELISTED_KEY = "delisted"
