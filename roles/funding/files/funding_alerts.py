@@ -160,5 +160,6 @@ def post_json(url: str, payload: Mapping[str, Any], timeout: float) -> Delivery:
     worker.join(timeout)
     if outcome:
         return outcome[0]
-    # Still waiting: the thread is a daemon and dies with this oneshot process.
-    return Delivery(False, "no complete answer within %g s" % timeout)
+    # Still waiting (a receiver that accepted and trickles, or requests' own timeout is about to fire: the same
+    # outcome either way): the thread is a daemon and dies with this oneshot process.
+    return Delivery(False, "no answer within %g s" % timeout)
