@@ -206,6 +206,65 @@ def test_daemon_journal_shows_the_url_it_connects_to(host):
     assert "ws://127.0.0.1:9000/market/stream?streams=!markPrice@arr" in journal(host, "binance-funding-ws", 500)
 
 
+# Polls /funding/BTCUSDT 200 times a second on new connections while `systemctl restart` runs, and reports what
+# each attempt met. Runs inside the box (the API listens on the box's own loopback).
+RESTART_POLLER = r"""
+import http.client, json, subprocess, threading, time
+counts = {"answered": 0, "refused": 0, "reset": 0, "other": 0}
+statuses = {}
+slowest = [0.0]
+def restart():
+    time.sleep(1.5)
+    subprocess.run(["systemctl", "restart", "binance-funding-api.service"], check=True)
+restarter = threading.Thread(target=restart)
+restarter.start()
+end = time.monotonic() + 7.0
+while time.monotonic() < end:
+    started = time.monotonic()
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", 8888, timeout=20)
+        connection.request("GET", "/funding/BTCUSDT")
+        response = connection.getresponse()
+        response.read()
+        connection.close()
+        counts["answered"] += 1
+        statuses[response.status] = statuses.get(response.status, 0) + 1
+    except ConnectionRefusedError:
+        counts["refused"] += 1
+    except (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected):
+        counts["reset"] += 1
+    except Exception:
+        counts["other"] += 1
+    took = time.monotonic() - started
+    slowest[0] = max(slowest[0], took)
+    time.sleep(max(0.0, 0.005 - took))
+restarter.join()
+print(json.dumps({"counts": counts, "statuses": statuses, "slowest": round(slowest[0], 3)}))
+"""
+
+
+def test_a_client_polling_200_times_a_second_sees_no_refused_connection_across_a_restart(host):
+    before = host.check_output("systemctl show -p MainPID --value binance-funding-api.service")
+    host.run("cat > /tmp/restart_poller.py <<'EOF'\n%s\nEOF" % RESTART_POLLER)
+    result = host.run("python3 /tmp/restart_poller.py")
+    assert result.rc == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    print("restart under 200 req/s polling: %s" % report)
+    after = host.check_output("systemctl show -p MainPID --value binance-funding-api.service")
+    assert after != before and host.service("binance-funding-api.service").is_running
+    counts = report["counts"]
+    # The socket is systemd's: during the restart connections wait in its backlog and the new process answers them.
+    assert counts["refused"] == 0 and counts["reset"] == 0 and counts["other"] == 0, report
+    assert counts["answered"] > 500 and set(report["statuses"]) <= {"200"}, report
+
+
+def test_the_api_socket_is_systemds_and_listens_on_loopback(host):
+    socket_unit = host.service("binance-funding-api.socket")
+    assert socket_unit.is_running and socket_unit.is_enabled
+    listen = host.check_output("systemctl show -p Listen --value binance-funding-api.socket")
+    assert listen.strip() == "127.0.0.1:8888 (Stream)", listen
+
+
 def test_metrics_parse_as_prometheus_text_and_agree_with_health(host):
     # The scrape happens in the box; the exposition is parsed here, on the controller, by Prometheus' own parser.
     expected = get_json(host, SIMULATOR + "/_sim/status")[1]["perpetualCount"]

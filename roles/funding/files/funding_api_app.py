@@ -46,7 +46,9 @@ has it. Until a first good state file was read, /funding, /funding/batch and
 /funding/{symbol} answer 503 "no_state" (not 404: nothing is known yet).
 
 Limits: a batch takes at most 1000 symbols (400 above), a query longer than
-64 KiB is 414, a request head beyond 128 KiB is 431 from waitress (also JSON).
+48 KiB is 414, a declared body over 16 KiB is 413. A request the HTTP server
+(Granian) cannot parse, or a request line or head beyond its limits, is
+answered by Granian itself (400, 414, 431) with an empty body, not JSON.
 
 Every error, including unknown routes (404), other methods (405 with
 `Allow: GET, HEAD`) and any unexpected exception (500, logged with its
@@ -80,6 +82,10 @@ API_VERSION = VERSION
 JSON_CONTENT_TYPE = "application/json"
 JSON_HEADERS = [("Content-Type", JSON_CONTENT_TYPE), ("Cache-Control", "no-store")]
 ALLOWED_METHODS = "GET, HEAD"
+# Names the service, not the server software (which would otherwise announce itself).
+SERVER_HEADER = ("Server", "binance-funding")
+# Only GET and HEAD are served: a body is never needed.
+MAX_BODY_BYTES = 16 * 1024
 
 # ASCII only, checked before upper-casing: "ß".upper() is "SS".
 SYMBOL_RE = re.compile(r"[A-Za-z0-9_]{1,40}")
@@ -88,8 +94,8 @@ LIMIT_RE = re.compile(r"[0-9]{1,7}")
 TYPE_RE = re.compile(r"[A-Za-z_]{1,40}")
 RESERVED_NAMES = frozenset({"HEALTH", "BATCH"})
 MAX_BATCH_SYMBOLS = 1000
-# 1000 symbols of 40 characters, comma-separated even when percent-encoded, fit comfortably.
-MAX_QUERY_BYTES = 64 * 1024
+# 1000 symbols of 40 characters, comma-separated (41 KB), fit; Granian refuses a request target of 64 KiB itself.
+MAX_QUERY_BYTES = 48 * 1024
 MAX_ECHO_CHARS = 60
 
 ROUTE_LABELS = {
@@ -410,7 +416,7 @@ class ApiMiddleware:
         if method not in ("GET", "HEAD"):
             body = error_body(405, "method_not_allowed", "only GET and HEAD are supported")
             self.counter.count(UNMATCHED_ROUTE, "405")
-            headers = JSON_HEADERS + [("Allow", ALLOWED_METHODS), ("Content-Length", str(len(body)))]
+            headers = JSON_HEADERS + [("Allow", ALLOWED_METHODS), ("Content-Length", str(len(body))), SERVER_HEADER]
             start_response("405 Method Not Allowed", headers)
             return [body]
         # Bottle decodes the path with errors="ignore", so /funding/BTC%FFUSDT would read as BTCUSDT: refuse it here.
@@ -419,12 +425,21 @@ class ApiMiddleware:
         except UnicodeError:
             body = error_body(400, "invalid_path", "the path is not valid UTF-8")
             self.counter.count(UNMATCHED_ROUTE, "400")
-            start_response("400 Bad Request", JSON_HEADERS + [("Content-Length", str(len(body)))])
+            start_response("400 Bad Request", JSON_HEADERS + [("Content-Length", str(len(body))), SERVER_HEADER])
+            return [] if method == "HEAD" else [body]
+        declared = environ.get("CONTENT_LENGTH") or "0"
+        if not declared.isdigit() or int(declared) > MAX_BODY_BYTES:
+            detail = "a request body is never needed (at most %d bytes)" % MAX_BODY_BYTES
+            body = error_body(413, "body_too_large", detail)
+            self.counter.count(UNMATCHED_ROUTE, "413")
+            headers = JSON_HEADERS + [("Content-Length", str(len(body))), ("Connection", "close")]
+            start_response("413 Content Too Large", headers + [SERVER_HEADER])
             return [] if method == "HEAD" else [body]
         statuses: List[str] = []
 
         def recording_start_response(status: str, headers: List[Tuple[str, str]], exc_info: Any = None) -> Any:
             statuses.append(status)
+            headers.append(SERVER_HEADER)
             return start_response(status, headers, exc_info)
 
         try:
@@ -433,7 +448,7 @@ class ApiMiddleware:
             log.exception("unexpected error answering %s %s", method, echo(environ.get("PATH_INFO", "")))
             body = error_body(500, "internal_error", "internal server error (logged)")
             statuses.append("500")
-            headers = JSON_HEADERS + [("Content-Length", str(len(body)))]
+            headers = JSON_HEADERS + [("Content-Length", str(len(body))), SERVER_HEADER]
             start_response("500 Internal Server Error", headers, sys.exc_info())
             result = [] if method == "HEAD" else [body]
         route = environ.get("bottle.route")

