@@ -1,9 +1,13 @@
 #!/usr/bin/env python3
 """binance-funding HTTP API: the shared state file served as JSON on 127.0.0.1:8888.
 
-The Bottle application (funding_api_app) runs under Granian's WSGI interface:
-this process is the supervisor, FUNDING_API_WORKERS worker processes (one per
-core, at most 4, by default) share its listening socket. Granian parses HTTP
+The Bottle application (funding_api_app) runs under Granian: this process is
+the supervisor, FUNDING_API_WORKERS worker processes (one per core, at most 4,
+by default) share its listening socket. Each worker serves Granian's RSGI
+interface (funding_api_rsgi): /funding/stream (server-sent events,
+funding_api_stream) and /ui (funding_api_ui) run on the worker's event loop,
+every other request is the WSGI application called inline (see
+funding_api_rsgi for why not Granian's WSGI interface). Granian parses HTTP
 in Rust, so a client that sends half a request and waits holds a socket in
 the Rust event loop, never a Python thread, and FUNDING_API_HEADER_TIMEOUT
 closes it. Each worker keeps the current view of the state file and a thread
@@ -33,7 +37,7 @@ import threading
 import time
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import funding_settings
 import funding_systemd
@@ -67,6 +71,8 @@ SETTINGS = (
     funding_settings.API_WORKERS,
     funding_settings.API_STATE_POLL,
     funding_settings.API_HEADER_TIMEOUT,
+    funding_settings.API_MAX_STREAMS,
+    funding_settings.API_STREAM_SEND_TIMEOUT,
     funding_settings.LOG_LEVEL,
 )
 
@@ -92,34 +98,60 @@ class WorkerSettings:
     log_level: str
     counters_path: str
     started_at: float
+    max_streams: int
+    stream_send_timeout_seconds: float
 
 
 def build_worker_app(settings: WorkerSettings, worker_id: int) -> Callable[..., Any]:
-    """Called in each worker process (worker_id from 1): the WSGI application and its state refresher."""
+    """Called in each worker process (worker_id from 1): the RSGI application, its state refresher, the stream hub."""
     # Imported here, so the supervisor does not carry Bottle and the application in its own memory.
-    from funding_api_app import ApiConfig, build_app  # noqa: PLC0415
+    from funding_api_app import ApiConfig, build_app, evaluate_health  # noqa: PLC0415
+    from funding_api_rsgi import RsgiFront  # noqa: PLC0415
+    from funding_api_stream import StreamConfig, StreamEndpoint, StreamHub  # noqa: PLC0415
+    from funding_api_ui import UiFiles  # noqa: PLC0415
     from funding_api_view import StateViews, ViewRefresher  # noqa: PLC0415
     from funding_state import StateReader  # noqa: PLC0415
 
     funding_settings.setup_logging(settings.log_level, "funding_api")
     counter = SharedCounters(settings.counters_path, region=worker_id - 1)
-    views = StateViews(StateReader(settings.state_file), on_load=counter.count_load, on_error=counter.count_load_error)
+    view_listeners: List[Callable[[], None]] = []
+
+    def loaded() -> None:
+        counter.count_load()
+        for listener in view_listeners:
+            listener()
+
+    def load_failed() -> None:
+        counter.count_load_error()
+        for listener in view_listeners:
+            listener()
+
+    views = StateViews(StateReader(settings.state_file), on_load=loaded, on_error=load_failed)
     config = ApiConfig(
         stale_seconds=settings.stale_seconds,
         disconnect_grace_seconds=settings.disconnect_grace_seconds,
         started_at=settings.started_at,
     )
     app = build_app(views, config, counter)
+    stream_config = StreamConfig(
+        max_streams=settings.max_streams, send_timeout_seconds=settings.stream_send_timeout_seconds
+    )
+    hub = StreamHub(views, stream_config, counter, lambda view, snap: evaluate_health(view, snap, time.time(), config).body)
+    view_listeners.append(hub.notify)
+    ui = UiFiles(counter.count)
+    front = RsgiFront(
+        app, routes={"/funding/stream": StreamEndpoint(hub, counter.count), "/ui": ui, "/ui/": ui}, on_start=hub.start
+    )
     ViewRefresher(views, settings.poll_seconds).start()
     counter.count_start()
     # Everything loaded so far lives as long as the process: keep the collector from scanning it on every reload.
     gc.freeze()
-    return app
+    return front
 
 
 def spawn_worker(worker_id: int, process_name: Optional[str], callback_loader: Callable[..., Any], *args: Any) -> None:
-    """Granian's WSGI worker, told its own number (it picks the worker's counter region)."""
-    return MPServer._spawn_wsgi_worker(worker_id, process_name, partial(callback_loader, worker_id), *args)
+    """Granian's RSGI worker, told its own number (it picks the worker's counter region)."""
+    return MPServer._spawn_rsgi_worker(worker_id, process_name, partial(callback_loader, worker_id), *args)
 
 
 def inherited_socket() -> Optional[socket.socket]:
@@ -172,7 +204,7 @@ class FundingGranian(MPServer):
 
 def granian_options(workers: int, header_timeout: int, log_level: str) -> dict:
     return {
-        "interface": Interfaces.WSGI,
+        "interface": Interfaces.RSGI,
         "workers": workers,
         "blocking_threads": BLOCKING_THREADS,
         "http": HTTPModes.http1,
@@ -304,6 +336,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         log_level=level,
         counters_path=counters_path,
         started_at=time.time(),
+        max_streams=values[funding_settings.API_MAX_STREAMS.env],
+        stream_send_timeout_seconds=values[funding_settings.API_STREAM_SEND_TIMEOUT.env],
     )
     log.info(
         "listening on http://%s:%d (%s) with %d worker processes; state file %s",

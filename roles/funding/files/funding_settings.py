@@ -188,3 +188,15 @@ API_HEADER_TIMEOUT = Setting(
     "seconds a client has to send its request head before the connection is closed",
     positive_int,
 )
+API_MAX_STREAMS = Setting(
+    "FUNDING_API_MAX_STREAMS",
+    "64",
+    "open /funding/stream connections over all API workers; one more is answered 503 with Retry-After",
+    positive_int,
+)
+API_STREAM_SEND_TIMEOUT = Setting(
+    "FUNDING_API_STREAM_SEND_TIMEOUT_SECONDS",
+    "10",
+    "a /funding/stream client that has not taken what was sent for this long is dropped",
+    positive_float,
+)
