@@ -496,7 +496,7 @@ class StreamClient:
                     self.pending[symbol] = previous
             self.removed = {s: resume_from for s in removed if self.filters.wants_name(s)}
             # Headers go out with the first bytes: say at once that the stream is open.
-            await self.write(b"retry: %d\n: resumed after v%d\n\n" % (RETRY_MILLISECONDS, resume_from))
+            await self.write(b": resumed after v%d\n\n" % resume_from)
         while not self.gone:
             await self.wait()
             if self.gone:
