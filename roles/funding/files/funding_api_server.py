@@ -83,7 +83,11 @@ MAX_BUFFER_BYTES = 128 * 1024
 # Python threads per worker that run the application. The application is CPU-bound under the GIL, so one thread
 # per process is fastest; the Rust side queues complete requests meanwhile (a half-sent one never reaches Python).
 BLOCKING_THREADS = 1
-WORKER_STOP_SECONDS = 3
+# Granian's RSGI worker sometimes never returns from its own shutdown (its main thread blocks in the runtime while
+# a runtime thread waits to hand the final result to the event loop; seen with granian 2.5.7, every runtime mode and
+# task implementation), so a worker is killed this soon after SIGTERM. Requests take microseconds, and open streams
+# end with the process either way.
+WORKER_STOP_SECONDS = 1
 SD_LISTEN_FDS_START = 3
 
 
@@ -139,6 +143,7 @@ def build_worker_app(settings: WorkerSettings, worker_id: int) -> Callable[..., 
     hub = StreamHub(views, stream_config, counter, lambda view, snap: evaluate_health(view, snap, time.time(), config).body)
     view_listeners.append(hub.notify)
     ui = UiFiles(counter.count)
+
     front = RsgiFront(
         app, routes={"/funding/stream": StreamEndpoint(hub, counter.count), "/ui": ui, "/ui/": ui}, on_start=hub.start
     )

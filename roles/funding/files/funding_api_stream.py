@@ -386,7 +386,7 @@ class StreamHub:
         self.health_state = state
         if first:
             return
-        log.info("stream: health is now %s %s", state[0], ",".join(state[1]) or "-")
+        log.debug("stream: health is now %s %s", state[0], ",".join(state[1]) or "-")
         data = orjson.dumps(body)
         for client in self.clients:
             client.note_health(data)
