@@ -121,6 +121,11 @@
     const rate = record.fundingRate;
     const rateClass = "fundingRate" + (rate > 0 ? " positive" : rate < 0 ? " negative" : "");
     if (row.cells.fundingRate.className !== rateClass) row.cells.fundingRate.className = rateClass;
+    // For scripts and tests: the values behind the formatted cells.
+    const updatedAt = String(record.updatedAt);
+    if (row.tr.dataset.updatedAt !== updatedAt) row.tr.dataset.updatedAt = updatedAt;
+    const rateText = String(rate);
+    if (row.tr.dataset.rate !== rateText) row.tr.dataset.rate = rateText;
     row.tr.classList.toggle("stale", ageOf(record, now) > staleSeconds);
     row.tr.classList.toggle("hidden", !matchesFilter(record.symbol));
   }
