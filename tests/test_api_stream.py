@@ -222,9 +222,11 @@ def test_a_symbol_that_falls_below_the_minimum_rate_is_listed_as_removed(stream_
 
 
 def test_contract_type_filter_selects_exactly_the_records_served_with_that_contract_type(stream_api, symbols):
-    tagged = {s: dict(r, contractType="PERPETUAL" if s != "ETHUSDT" else "TRADIFI_PERPETUAL") for s, r in symbols.items()}
+    tagged = {s: dict(r, contractType="PERPETUAL") for s, r in symbols.items()}
+    tagged["ETHUSDT"]["contractType"] = "TRADIFI_PERPETUAL"
     write_state(stream_api.state_file, tagged)
-    assert wait_until(lambda: stream_api.get("/funding/ETHUSDT").json().get("updatedAt") == tagged["ETHUSDT"]["updatedAt"])
+    stamp = tagged["ETHUSDT"]["updatedAt"]
+    assert wait_until(lambda: stream_api.get("/funding/ETHUSDT").json().get("updatedAt") == stamp)
     served = {r["symbol"]: r for r in stream_api.get("/funding").json()["data"]}
     expected = {s for s, r in served.items() if r.get("contractType") == "TRADIFI_PERPETUAL"}
     reader = EventReader(stream_api.url("/funding/stream?contractType=tradifi_perpetual"))

@@ -140,7 +140,9 @@ def build_worker_app(settings: WorkerSettings, worker_id: int) -> Callable[..., 
     stream_config = StreamConfig(
         max_streams=settings.max_streams, send_timeout_seconds=settings.stream_send_timeout_seconds
     )
-    hub = StreamHub(views, stream_config, counter, lambda view, snap: evaluate_health(view, snap, time.time(), config).body)
+    hub = StreamHub(
+        views, stream_config, counter, lambda view, snap: evaluate_health(view, snap, time.time(), config).body
+    )
     view_listeners.append(hub.notify)
     ui = UiFiles(counter.count)
 

@@ -117,7 +117,8 @@ class StreamFilters:
         return not self.quote or symbol.endswith(self.quote)
 
     def wants_record(self, record: SymbolRecord, contract_type: Callable[[SymbolRecord], Optional[str]]) -> bool:
-        if self.min_abs_rate is not None and (record.funding_rate is None or abs(record.funding_rate) < self.min_abs_rate):
+        rate = record.funding_rate
+        if self.min_abs_rate is not None and (rate is None or abs(rate) < self.min_abs_rate):
             return False
         return not self.contract_type or contract_type(record) == self.contract_type
 
@@ -633,7 +634,9 @@ class StreamEndpoint:
         self.hub = hub
         self.count_request = count_request
 
-    def reply(self, proto: Any, status: int, body: bytes, method: str, extra: Optional[List[Tuple[str, str]]] = None) -> None:
+    def reply(
+        self, proto: Any, status: int, body: bytes, method: str, extra: Optional[List[Tuple[str, str]]] = None
+    ) -> None:
         self.count_request("/funding/stream", str(status))
         proto.response_bytes(status, JSON_HEADERS + (extra or []), b"" if method == "HEAD" else body)
 
