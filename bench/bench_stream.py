@@ -287,7 +287,8 @@ def run(seconds: float, rounds: int, symbols: int, generator: str) -> Dict[str, 
                 time.sleep(0.5)
             stalled.close()
             written_at = writer.written_at
-            latencies.extend(arrived - written_at[stamp] for stamp, arrived in outcome["latencies"] if stamp in written_at)
+            timed = outcome["latencies"]
+            latencies.extend(arrived - written_at[stamp] for stamp, arrived in timed if stamp in written_at)
             say("round %d with %d streams:   %8.0f req/s  p99 %.2f ms  API CPU %.0f %%, stream readers %.0f %%"
                 "  (%d changes timed)" % (round_number + 1, STREAMS, load.rps, load.p99_ms, 100 * server_cpu,
                                           100 * reader_cpu, len(outcome["latencies"])))
