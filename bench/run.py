@@ -9,6 +9,8 @@ Phases (all against one simulated exchange with Binance's timings, N symbols):
            /funding/{symbol}, /funding/batch (50 symbols), /funding/health at each
            connection count, ours and the baseline back to back per cell
   writes   state-file write time and size on the payloads the daemons wrote
+  stream   /funding/stream isolation (bench/bench_stream.py): wrk throughput with 64 streams open (one stalled)
+           against without, rewrite-to-event latency of the healthy streams, the stalled client dropped
 Prints a Markdown table (every figure as a ratio to the baseline, targets beside it)
 and writes it to bench/results/latest.md (raw figures: latest.json). Benchmarks
 assert nothing; the exit status is 0 whenever the run completed.
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import bench_load
+import bench_stream
 from bench_freshness import ApiPoller, PushRecorder, analyse
 from bench_proc_stats import UsageSampler
 from bench_procs import (
@@ -59,7 +62,7 @@ RESULTS = REPO / "bench" / "results"
 ENDPOINT_LABELS = ("/funding/{symbol}", "/funding/batch", "/funding/health")
 BATCH_SIZE = 50
 FRESHNESS_SYMBOLS = 100  # polled in one batch request; more symbols, more updates per second to time
-PHASES = ("daemon", "api", "writes")
+PHASES = ("daemon", "api", "writes", "stream")
 
 THROUGHPUT_TARGET = Target(2.0, at_most=False)
 API_P99_TARGET = Target(0.5, at_most=True)
@@ -391,6 +394,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     loads.append(load_average())
     elapsed = time.monotonic() - started
     table = render(args, machine, generator, context, daemon, api, writes, elapsed, loads)
+    if "stream" in args.phases:  # issue 15: bench/bench_stream.py, its own API on a state file it rewrites
+        say("stream isolation: %d streams while wrk runs" % bench_stream.STREAMS)
+        stream = bench_stream.run(args.api_seconds, 1 if args.quick else 2, args.symbols,
+                                  "wrk" if bench_load.wrk_available() is None else "python")
+        table += "\n## Stream isolation (/funding/stream)\n\n" + "\n".join(bench_stream.table(stream)) + "\n"
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(table)
