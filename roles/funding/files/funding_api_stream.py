@@ -59,7 +59,8 @@ HEARTBEAT_SECONDS = 15.0
 COALESCE_SECONDS = 1.0
 RESUME_WINDOW_SECONDS = 60.0
 HEALTH_CHECK_SECONDS = 1.0
-# While a client is behind, how often its socket is looked at again.
+# While a client is behind, how often its socket is looked at again; while it keeps up, at most this often too
+# (two system calls per look; a stalled client is noticed this much later, and at most this much more is queued).
 BEHIND_CHECK_SECONDS = 0.1
 # More than this waiting in the kernel for the client: nothing more is written until it drains.
 HIGH_WATER_BYTES = 64 * 1024
@@ -453,6 +454,7 @@ class StreamClient:
         self.dropped = ""
         self.last_write = time.monotonic()
         self.behind_since: Optional[float] = None
+        self.next_probe = 0.0
 
     # --- called by the hub ---------------------------------------------------------------------------------------
 
@@ -529,10 +531,10 @@ class StreamClient:
                 earliest = min(self.last_sent.get(s, 0.0) for s in self.pending) + self.hub.config.coalesce_seconds
                 timeout = min(timeout, earliest - now)
         if timeout > 0:
-            try:
-                await asyncio.wait_for(self.wake.wait(), timeout)
-            except asyncio.TimeoutError:
-                pass
+            # Cheaper than asyncio.wait_for, which makes a task per wait.
+            timer = asyncio.get_running_loop().call_later(timeout, self.wake.set)
+            await self.wake.wait()
+            timer.cancel()
         else:
             await asyncio.sleep(0)
         self.wake.clear()
@@ -542,11 +544,14 @@ class StreamClient:
         client_socket = self.client_socket
         if client_socket is None:
             return True
+        now = time.monotonic()
+        if self.behind_since is None and now < self.next_probe:
+            return True
+        self.next_probe = now + BEHIND_CHECK_SECONDS
         if client_socket.peer_closed():
             self.gone = True
             return False
         unsent = client_socket.unsent_bytes()
-        now = time.monotonic()
         if unsent == 0:
             self.behind_since = None
             return True
