@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -12,6 +11,7 @@ import sys
 import time
 
 import funding_api_server
+import funding_api_view
 import funding_settings
 import funding_state
 import pytest
@@ -24,6 +24,7 @@ from test_api_support import (
     SERVER,
     Reply,
     assert_json_error,
+    call,
     free_port,
     fresh_symbols,
     record,
@@ -31,28 +32,6 @@ from test_api_support import (
     wait_until,
     write_state,
 )
-
-
-def call(app, path, query="", method="GET"):
-    environ = {
-        "REQUEST_METHOD": method,
-        "PATH_INFO": path,
-        "QUERY_STRING": query,
-        "SERVER_NAME": "127.0.0.1",
-        "SERVER_PORT": "8888",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "wsgi.url_scheme": "http",
-        "wsgi.input": io.BytesIO(b""),
-        "wsgi.errors": io.StringIO(),
-    }
-    started = {}
-
-    def start_response(status, headers, exc_info=None):
-        started["status"] = status
-        started["headers"] = dict(headers)
-
-    body = b"".join(app(environ, start_response))
-    return int(started["status"][:3]), started["headers"], body
 
 
 @pytest.fixture
@@ -221,13 +200,13 @@ def test_a_view_sorts_records_without_funding_rate_last():
     assert [r.symbol for r in view.sorted_records("-fundingRate")] == ["AUSDT", "CUSDT", "BUSDT"]
 
 
-def test_granian_options_bound_slow_and_large_requests():
-    options = funding_api_server.granian_options(workers=2, header_timeout=30, log_level="INFO")
-    assert options["workers"] == 2 and options["respawn_failed_workers"] is True
-    assert options["http1_settings"].header_read_timeout == 30_000
+def test_granian_worker_arguments_bound_slow_and_large_requests():
+    arguments = funding_api_server.granian_worker_arguments(header_timeout=30, workers=2)
+    assert arguments["blocking_threads"] == 1 and arguments["websockets"] is False
+    assert arguments["http1_settings"].header_read_timeout == 30_000
     # A 1000-symbol batch URL (about 41 KB) must fit under the buffer limit.
-    assert options["http1_settings"].max_buffer_size > 1000 * 41 + 1024
-    assert options["log_access"] is False and options["workers_kill_timeout"] <= 4
+    assert arguments["http1_settings"].max_buffer_size > 1000 * 41 + 1024
+    assert arguments["log_access_fmt"] is None and arguments["ssl_ctx"][0] is False
 
 
 def test_workers_default_to_one_per_core_capped_at_4(monkeypatch):
@@ -361,3 +340,8 @@ def test_the_json_error_assertion_rejects_an_html_error_page():
     # A guard for the helper the HTTP tests rely on: a non-JSON body must fail it.
     with pytest.raises(AssertionError):
         assert_json_error(Reply(404, {"content-type": "text/html"}, b"<h1>nope</h1>"), 404)
+
+
+def test_every_key_an_answer_serves_is_a_key_of_the_state_files_symbol_record():
+    contract = {f.key for f in funding_state.SYMBOL_RECORD_FIELDS}
+    assert set(funding_api_view.RECORD_KEYS + funding_api_view.OPTIONAL_RECORD_KEYS) <= contract

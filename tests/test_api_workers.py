@@ -120,6 +120,8 @@ def test_sigterm_stops_supervisor_and_workers_with_status_0_within_5_s(tmp_path)
         api.process.send_signal(signal.SIGTERM)
         assert api.process.wait(5) == 0
         assert not [pid for pid in workers if os.path.exists("/proc/%d" % pid) and not zombie(pid)]
+        # Workers leave cleanly: no Rust panic, no traceback from a finalizing interpreter.
+        assert "panicked" not in api.log() and "Traceback" not in api.log(), api.log()[-2000:]
     finally:
         api.close()
 

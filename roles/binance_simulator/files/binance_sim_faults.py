@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Tuple
 
-SWITCH_FAULTS = ("stall", "refuse", "malformed", "poison", "rest_outage", "rest_garbage", "freeze")
 ONE_SHOT_FAULTS = ("drop",)
 FAULT_NAMES = ("drop", "stall", "refuse", "malformed", "poison", "rotate", "rest_outage", "rest_skew",
                "rest_garbage", "freeze")
@@ -214,7 +213,3 @@ def fault_summary(action: Mapping[str, Any]) -> str:
     state = "on" if action.get("on", True) else "off"
     return f"{action['fault']} {state}" + (f" ({details})" if details else "")
 
-
-def parse_bool_text(text: Optional[str]) -> bool:
-    """For query-string parameters."""
-    return _as_bool(text if text is not None else True, "on")

@@ -24,7 +24,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from binance_sim_faults import (
@@ -86,24 +86,21 @@ def _optional_seconds(text: str) -> Optional[float]:
     return _positive_seconds(text)
 
 
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be 0..65535, got {value}")
-    return value
+def _whole_number(low: int, high: int, what: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be {low}..{high}, got {value}")
+        return value
+
+    return parse
 
 
-def _symbol_count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if not 1 <= value <= 20_000:
-        raise argparse.ArgumentTypeError(f"must be 1..20000, got {value}")
-    return value
+_port = _whole_number(0, 65535, "a port number")
+_symbol_count = _whole_number(1, 20_000, "an integer")
 
 
 def _fault(text: str) -> Tuple[str, Dict[str, Any]]:

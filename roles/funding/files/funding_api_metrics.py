@@ -16,9 +16,10 @@ from __future__ import annotations
 import fcntl
 import mmap
 import threading
-from typing import Iterable, List, Optional, Tuple
+from typing import TYPE_CHECKING, Iterable, List, Optional, Tuple
 
-from funding_api_view import SnapshotView, StateViews
+if TYPE_CHECKING:  # the API's supervisor imports this module for the counters alone
+    from funding_api_view import SnapshotView, StateViews
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

@@ -1,122 +1,110 @@
 #!/usr/bin/env python3
 """binance-funding HTTP API: the shared state file served as JSON on 127.0.0.1:8888.
 
-The Bottle application (funding_api_app) runs under Granian: this process is
-the supervisor, FUNDING_API_WORKERS worker processes (one per core, at most 4,
-by default) share its listening socket. Each worker serves Granian's RSGI
+The Bottle application (funding_api_app) runs under Granian (HTTP parsed in
+Rust) in FUNDING_API_WORKERS worker processes (by default one per core, at
+most 4), which share one listening socket. Each worker serves Granian's RSGI
 interface (funding_api_rsgi): /funding/stream (server-sent events,
-funding_api_stream) and /ui (funding_api_ui) run on the worker's event loop,
-every other request is the WSGI application called inline (see
-funding_api_rsgi for why not Granian's WSGI interface). Granian parses HTTP
-in Rust, so a client that sends half a request and waits holds a socket in
-the Rust event loop, never a Python thread, and FUNDING_API_HEADER_TIMEOUT
-closes it. Each worker keeps the current view of the state file and a thread
-refreshes it every FUNDING_API_STATE_POLL_MS when the file changed, so no
-request stats, parses or waits.
+funding_api_stream) and /ui (funding_api_ui) are coroutines on the worker's
+event loop, every other request is the WSGI application called inline (see
+funding_api_rsgi for why not Granian's WSGI interface). This process is their
+supervisor: it holds the socket, starts each worker as `--worker N` (a fresh
+interpreter, so the supervisor itself stays small), replaces a worker that
+dies, and stops them all on SIGTERM, exiting 0 within a few seconds.
+
+A client that sends half a request and waits holds a socket in a worker's Rust
+event loop, never a Python thread; FUNDING_API_HEADER_TIMEOUT closes it. Each
+worker keeps the current view of the state file and a thread refreshes it every
+FUNDING_API_STATE_POLL_MS when the file changed, so no request stats, parses or
+waits. Request counters live in a file shared by the workers, so one scrape
+of /metrics shows the totals of all of them.
 
 The listening socket comes from systemd when the unit is socket-activated
 (binance-funding-api.socket: LISTEN_FDS), so it outlives restarts and no
 connection is refused meanwhile; otherwise this process binds it.
 
-systemd: Type=notify; READY=1 once a real request over the socket was
-answered; with WatchdogSec set, the supervisor sends WATCHDOG=1 only after
-such a self-check succeeded, so a hung worker is noticed. A worker that dies
-is respawned. SIGTERM stops the workers and exits 0 within a few seconds.
+systemd: Type=notify; READY=1 once every worker has built its view and a real
+request over the socket was answered; with WatchdogSec set, the supervisor
+sends WATCHDOG=1 only after such a self-check succeeded, so hung workers are
+noticed.
 """
 
 from __future__ import annotations
 
+import argparse
 import gc
-import http.client
 import logging
 import os
+import signal
 import socket
+import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from functools import partial
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import funding_settings
 import funding_systemd
 from funding_api_metrics import SharedCounters, counters_file_size
-from funding_settings import Setting
-from granian._granian import SocketHolder
-from granian.constants import HTTPModes, Interfaces
-from granian.http import HTTP1Settings
-from granian.log import LogLevels
-from granian.server.mp import MPServer
 
 PROG = "funding_api_server"
 log = logging.getLogger("funding_api")
 
 
-def port_or_zero(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise ValueError("must be a port from 1 to 65535 (0 picks a free one)")
-    return value
-
-
-HOST = Setting("FUNDING_API_HOST", "127.0.0.1", "address to listen on (keep it on loopback)")
-PORT = Setting("FUNDING_API_PORT", "8888", "TCP port to listen on (0 picks a free one)", port_or_zero)
+S = funding_settings
+HOST = S.API_HOST
+PORT = S.API_PORT
 SETTINGS = (
-    HOST,
-    PORT,
-    funding_settings.STATE_FILE,
-    funding_settings.STALE_SECONDS,
-    funding_settings.DISCONNECT_GRACE,
-    funding_settings.API_WORKERS,
-    funding_settings.API_STATE_POLL,
-    funding_settings.API_HEADER_TIMEOUT,
-    funding_settings.API_MAX_STREAMS,
-    funding_settings.API_STREAM_SEND_TIMEOUT,
-    funding_settings.LOG_LEVEL,
+    HOST, PORT, S.STATE_FILE, S.STALE_SECONDS, S.DISCONNECT_GRACE, S.MAX_MESSAGE_AGE, S.API_WORKERS, S.API_STATE_POLL,
+    S.API_HEADER_TIMEOUT, S.API_MAX_STREAMS, S.API_STREAM_SEND_TIMEOUT, S.LOG_LEVEL,
 )
 
 BACKLOG = 1024
-# A 1000-symbol batch URL is about 41 KB; the application answers 414 above 64 KiB of query. Granian answers a
-# longer request line itself (414), and a request head beyond its buffer (about 256 KiB here) with 431, no body.
+# A 1000-symbol batch URL is about 41 KB; the application answers 414 above 48 KiB of query. Granian answers a
+# request target of 64 KiB or more itself (414), and a request head beyond its buffer (about 256 KiB) with 431.
 MAX_BUFFER_BYTES = 128 * 1024
 # Python threads per worker that run the application. The application is CPU-bound under the GIL, so one thread
 # per process is fastest; the Rust side queues complete requests meanwhile (a half-sent one never reaches Python).
 BLOCKING_THREADS = 1
-# Granian's RSGI worker sometimes never returns from its own shutdown (its main thread blocks in the runtime while
-# a runtime thread waits to hand the final result to the event loop; seen with granian 2.5.7, every runtime mode and
-# task implementation), so a worker is killed this soon after SIGTERM. Requests take microseconds, and open streams
-# end with the process either way.
-WORKER_STOP_SECONDS = 1
+WORKER_STOP_SECONDS = 3.0
+# A worker that dies within this many seconds of its start, this many times in a row, is a crash loop: the
+# supervisor exits 1 and leaves the restart to systemd (Restart=always, with its start limit).
+QUICK_DEATH_SECONDS = 5.0
+CRASH_LOOP_DEATHS = 5
 SD_LISTEN_FDS_START = 3
 
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    """What a worker process needs to build its application (picklable: Granian may spawn workers)."""
+    """What a worker process needs to build its application."""
 
     state_file: str
     stale_seconds: float
     disconnect_grace_seconds: float
+    max_data_age_seconds: float
     poll_seconds: float
     log_level: str
+    header_timeout: int
     counters_path: str
     started_at: float
     max_streams: int
     stream_send_timeout_seconds: float
 
 
+# --- a worker process ---------------------------------------------------------------------------------------------
+
+
 def build_worker_app(settings: WorkerSettings, worker_id: int) -> Callable[..., Any]:
-    """Called in each worker process (worker_id from 1): the RSGI application, its state refresher, the stream hub."""
-    # Imported here, so the supervisor does not carry Bottle and the application in its own memory.
-    from funding_api_app import ApiConfig, build_app, evaluate_health  # noqa: PLC0415
+    """The RSGI application of worker `worker_id` (from 1): the WSGI application, the stream hub and the page, with
+    its state refresher running."""
+    from funding_api_app import ApiConfig, build_app, evaluate_health  # noqa: PLC0415  (workers only)
     from funding_api_rsgi import RsgiFront  # noqa: PLC0415
     from funding_api_stream import StreamConfig, StreamEndpoint, StreamHub  # noqa: PLC0415
     from funding_api_ui import UiFiles  # noqa: PLC0415
     from funding_api_view import StateViews, ViewRefresher  # noqa: PLC0415
     from funding_state import StateReader  # noqa: PLC0415
 
-    funding_settings.setup_logging(settings.log_level, "funding_api")
     counter = SharedCounters(settings.counters_path, region=worker_id - 1)
     view_listeners: List[Callable[[], None]] = []
 
@@ -134,9 +122,10 @@ def build_worker_app(settings: WorkerSettings, worker_id: int) -> Callable[..., 
     config = ApiConfig(
         stale_seconds=settings.stale_seconds,
         disconnect_grace_seconds=settings.disconnect_grace_seconds,
+        max_data_age_seconds=settings.max_data_age_seconds,
         started_at=settings.started_at,
     )
-    app = build_app(views, config, counter)
+    wsgi_app = build_app(views, config, counter)
     stream_config = StreamConfig(
         max_streams=settings.max_streams, send_timeout_seconds=settings.stream_send_timeout_seconds
     )
@@ -145,20 +134,72 @@ def build_worker_app(settings: WorkerSettings, worker_id: int) -> Callable[..., 
     )
     view_listeners.append(hub.notify)
     ui = UiFiles(counter.count)
-
-    front = RsgiFront(
-        app, routes={"/funding/stream": StreamEndpoint(hub, counter.count), "/ui": ui, "/ui/": ui}, on_start=hub.start
-    )
+    routes = {"/funding/stream": StreamEndpoint(hub, counter.count), "/ui": ui, "/ui/": ui}
+    app = RsgiFront(wsgi_app, routes=routes, on_start=hub.start)
     ViewRefresher(views, settings.poll_seconds).start()
-    counter.count_start()
     # Everything loaded so far lives as long as the process: keep the collector from scanning it on every reload.
     gc.freeze()
-    return front
+    counter.count_start()
+    return app
 
 
-def spawn_worker(worker_id: int, process_name: Optional[str], callback_loader: Callable[..., Any], *args: Any) -> None:
-    """Granian's RSGI worker, told its own number (it picks the worker's counter region)."""
-    return MPServer._spawn_rsgi_worker(worker_id, process_name, partial(callback_loader, worker_id), *args)
+def leave_with_parent(parent: int) -> None:
+    """A worker whose supervisor vanished (SIGKILL) stops too instead of serving on alone."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def granian_worker_arguments(header_timeout: int, workers: int) -> Dict[str, Any]:
+    """Granian's RSGI worker configuration (HTTP/1.1 only, bounded buffers, no access log)."""
+    from granian.constants import HTTPModes, RuntimeModes, TaskImpl  # noqa: PLC0415
+    from granian.http import HTTP1Settings  # noqa: PLC0415
+
+    return {
+        "runtime_mode": RuntimeModes.st,
+        "runtime_threads": 1,
+        "runtime_blocking_threads": 512,  # Granian's default (spawned only when needed)
+        "blocking_threads": BLOCKING_THREADS,
+        "blocking_threads_idle_timeout": 30,
+        "backpressure": max(1, BACKLOG // workers),
+        "task_impl": TaskImpl.asyncio,
+        "http_mode": HTTPModes.http1,
+        "http1_settings": HTTP1Settings(
+            header_read_timeout=header_timeout * 1000, keep_alive=True, max_buffer_size=MAX_BUFFER_BYTES
+        ),
+        "http2_settings": None,
+        "websockets": False,
+        "static_path": None,
+        "log_access_fmt": None,
+        "ssl_ctx": (False, None, None, None, None, [], False),
+        "scope_opts": {"url_path_prefix": None},
+    }
+
+
+def run_worker(settings: WorkerSettings, worker_id: int, workers: int, listen_fd: int) -> int:
+    """Serve on the inherited socket until SIGTERM (Granian's RSGI worker, as its own server runs it)."""
+    from granian._granian import SocketHolder  # noqa: PLC0415
+    from granian._loops import loops  # noqa: PLC0415
+    from granian.server.mp import MPServer  # noqa: PLC0415
+
+    leave_with_parent(os.getppid())
+    app = build_worker_app(settings, worker_id)
+    serve = MPServer._spawn_rsgi_worker.__wrapped__  # the worker body, without Granian's multiprocessing wrapper
+    arguments = granian_worker_arguments(settings.header_timeout, workers)
+    serve(worker_id, app, SocketHolder(listen_fd, False, BACKLOG), loops.get("auto"), *arguments.values())
+    # Leave without interpreter finalization, as Granian's own workers do (multiprocessing ends them with
+    # os._exit): its Rust threads may still reach for the GIL, and would panic on a finalizing interpreter.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+# --- the supervisor -------------------------------------------------------------------------------------------------
 
 
 def inherited_socket() -> Optional[socket.socket]:
@@ -190,49 +231,11 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-class FundingGranian(MPServer):
-    """Granian's multi-process server on a socket we already hold (bound here or passed by systemd)."""
-
-    def __init__(self, listener: socket.socket, **options: Any) -> None:
-        self.listener = listener
-        super().__init__("funding_api_app", **options)
-
-    def _init_shared_socket(self) -> None:
-        fd = self.listener.fileno()
-        self.listener.set_inheritable(True)
-        self._shd = SocketHolder(fd, False, self.backlog)
-        self._sfd = fd
-        self._sso = self.listener
-
-    def signal_handler_interrupt(self, *args: Any, **kwargs: Any) -> None:
-        funding_systemd.stopping()
-        super().signal_handler_interrupt(*args, **kwargs)
-
-
-def granian_options(workers: int, header_timeout: int, log_level: str) -> dict:
-    return {
-        "interface": Interfaces.RSGI,
-        "workers": workers,
-        "blocking_threads": BLOCKING_THREADS,
-        "http": HTTPModes.http1,
-        "backlog": BACKLOG,
-        "http1_settings": HTTP1Settings(
-            header_read_timeout=header_timeout * 1000, keep_alive=True, max_buffer_size=MAX_BUFFER_BYTES
-        ),
-        "websockets": False,
-        "respawn_failed_workers": True,
-        "workers_kill_timeout": WORKER_STOP_SECONDS,
-        "log_level": LogLevels(log_level.lower()),
-        # Granian's lines go through our handler (journald adds time and unit); no access log.
-        "log_dictconfig": {
-            "handlers": {},
-            "loggers": {
-                "_granian": {"handlers": [], "propagate": True},
-                "granian.access": {"handlers": [], "propagate": True, "level": "WARNING"},
-            },
-        },
-        "log_access": False,
-    }
+def listening_socket(host: str, port: int) -> Tuple[socket.socket, str]:
+    sock = inherited_socket()
+    if sock is not None:
+        return sock, "socket from systemd"
+    return bind_socket(host, port), "bound"
 
 
 def self_check_address(host: str, port: int) -> Tuple[str, int]:
@@ -243,24 +246,62 @@ def self_check_address(host: str, port: int) -> Tuple[str, int]:
     return host.strip("[]"), port
 
 
+SELF_CHECK_REQUEST = (
+    b"GET /funding/health HTTP/1.1\r\nHost: localhost\r\nUser-Agent: funding-api-watchdog\r\n"
+    b"Connection: close\r\n\r\n"
+)
+
+
 def self_check(host: str, port: int, timeout: float) -> Optional[str]:
-    """GET /funding/health from this very server; None when it answered (200 or 503), else why not."""
-    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    """GET /funding/health from this very server; None when it answered (200 or 503) in full, else why not.
+
+    Plain sockets rather than http.client: the supervisor stays free of http.client, email and ssl (memory).
+    """
     try:
-        connection.request("GET", "/funding/health", headers={"User-Agent": "funding-api-watchdog"})
-        response = connection.getresponse()
-        response.read()
-    except (OSError, http.client.HTTPException) as exc:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(SELF_CHECK_REQUEST)
+            chunks = []
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+    except OSError as exc:
         return "%s: %s" % (type(exc).__name__, exc)
-    finally:
-        connection.close()
-    if response.status not in (200, 503):
-        return "answered HTTP %d" % response.status
+    answer = b"".join(chunks)
+    head, separator, body = answer.partition(b"\r\n\r\n")
+    status_line = head.split(b"\r\n", 1)[0].split(b" ")
+    if not separator or len(status_line) < 2 or not status_line[1].isdigit():
+        return "no complete HTTP answer (%d bytes)" % len(answer)
+    status = int(status_line[1])
+    if status not in (200, 503):
+        return "answered HTTP %d" % status
     return None
 
 
+def self_check_round(host: str, port: int, timeout: float, parallel: int) -> Optional[str]:
+    """`parallel` self-checks at once, each on its own connection; None when every one was answered.
+
+    The kernel hands each connection to one worker; a worker whose Python thread hangs still accepts in its Rust
+    event loop, so with twice as many checks as workers some reach it and time out.
+    """
+    problems: List[Optional[str]] = [None] * parallel
+
+    def check(index: int) -> None:
+        problems[index] = self_check(host, port, timeout)
+
+    threads = [threading.Thread(target=check, args=(i,), name="self-check-%d" % i) for i in range(1, parallel)]
+    for thread in threads:
+        thread.start()
+    check(0)
+    for thread in threads:
+        thread.join()
+    failed = [p for p in problems if p is not None]
+    return None if not failed else "%d of %d self-checks failed: %s" % (len(failed), parallel, failed[0])
+
+
 class Supervision(threading.Thread):
-    """READY=1 after the first answered self-check, then WATCHDOG=1 only after each answered one.
+    """READY=1 after the first answered self-check, then WATCHDOG=1 only after each fully answered round.
 
     A self-check is a real request over the listening socket: it proves the whole path a client uses (the socket,
     a worker's event loop, its Python thread, the application, the state view) rather than merely that a thread of
@@ -268,9 +309,15 @@ class Supervision(threading.Thread):
     """
 
     def __init__(
-        self, host: str, port: int, watchdog_interval: Optional[float], workers_started: Callable[[], bool]
+        self,
+        host: str,
+        port: int,
+        watchdog_interval: Optional[float],
+        workers_started: Callable[[], bool],
+        parallel: int = 1,
     ) -> None:
         super().__init__(name="supervision", daemon=True)
+        self.parallel = parallel
         self.workers_started = workers_started
         self.address = self_check_address(host, port)
         self.host, self.port = host, port
@@ -295,19 +342,24 @@ class Supervision(threading.Thread):
         funding_systemd.watchdog()
         delay = self.interval
         while not self.stop_event.wait(delay):
-            started = time.monotonic()
-            problem = self_check(self.address[0], self.address[1], self.timeout)
+            began = time.monotonic()
+            problem = self_check_round(self.address[0], self.address[1], self.timeout, self.parallel)
             if problem is None:
                 funding_systemd.watchdog()
             else:
                 log.warning("self-check failed (%s); not feeding the systemd watchdog", problem)
-            delay = max(0.0, self.interval - (time.monotonic() - started))
+            delay = max(0.0, self.interval - (time.monotonic() - began))
 
 
 def create_counters_file(workers: int) -> str:
-    """The shared request counters: one region per worker, in a file only this service's processes see."""
-    directory = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0] or None
-    fd, path = tempfile.mkstemp(prefix="api-counters-", dir=directory)
+    """The shared request counters: one region per worker, in a file only this service's processes see.
+
+    In RUNTIME_DIRECTORY when systemd gives one, else TMPDIR or /tmp (private to the unit with PrivateTmp=).
+    """
+    # Created with O_EXCL and mode 0600, so nothing another user placed there is ever opened.
+    directory = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0] or os.environ.get("TMPDIR") or "/tmp"  # noqa: S108
+    path = os.path.join(directory, "api-counters-%d-%d" % (os.getpid(), time.monotonic_ns()))
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         os.ftruncate(fd, counters_file_size(workers))
     finally:
@@ -315,63 +367,142 @@ def create_counters_file(workers: int) -> str:
     return path
 
 
-def listening_socket(host: str, port: int) -> Tuple[socket.socket, str]:
-    sock = inherited_socket()
-    if sock is not None:
-        return sock, "socket from systemd"
-    return bind_socket(host, port), "bound"
+class Workers:
+    """The worker processes: started, replaced when one dies, stopped together."""
+
+    def __init__(self, count: int, listen_fd: int, settings: WorkerSettings) -> None:
+        self.count = count
+        self.listen_fd = listen_fd
+        self.settings = settings
+        self.processes: Dict[int, subprocess.Popen] = {}
+        self.started_at: Dict[int, float] = {}
+        self.quick_deaths = 0
+
+    def command(self, worker_id: int) -> List[str]:
+        s = self.settings
+        return [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--worker=%d" % worker_id,
+            "--workers=%d" % self.count,
+            "--listen-fd=%d" % self.listen_fd,
+            "--counters=%s" % s.counters_path,
+            "--started-at=%r" % s.started_at,
+        ]
+
+    def start(self, worker_id: int) -> None:
+        process = subprocess.Popen(self.command(worker_id), pass_fds=(self.listen_fd,), stdin=subprocess.DEVNULL)
+        self.processes[worker_id] = process
+        self.started_at[worker_id] = time.monotonic()
+        log.info("worker %d started (pid %d)", worker_id, process.pid)
+
+    def start_all(self) -> None:
+        for worker_id in range(1, self.count + 1):
+            self.start(worker_id)
+
+    def replace_the_dead(self) -> bool:
+        """Start a new worker for each that exited; False once the deaths look like a crash loop."""
+        for worker_id, process in list(self.processes.items()):
+            status = process.poll()
+            if status is None:
+                continue
+            lived = time.monotonic() - self.started_at[worker_id]
+            self.quick_deaths = self.quick_deaths + 1 if lived < QUICK_DEATH_SECONDS else 0
+            log.error("worker %d (pid %d) exited with status %s after %.1f s", worker_id, process.pid, status, lived)
+            if self.quick_deaths >= CRASH_LOOP_DEATHS:
+                log.error("workers keep dying within %.0f s of their start: giving up", QUICK_DEATH_SECONDS)
+                return False
+            self.start(worker_id)
+        return True
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + WORKER_STOP_SECONDS
+        for worker_id, process in self.processes.items():
+            try:
+                process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("worker %d (pid %d) did not stop within %.0f s: killed", worker_id, process.pid,
+                            WORKER_STOP_SECONDS)
+                process.kill()
+                process.wait()
+
+
+def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
+    # Internal: how the supervisor starts a worker process.
+    for name in ("--worker", "--workers", "--listen-fd"):
+        parser.add_argument(name, type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--counters", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--started-at", type=float, default=0.0, help=argparse.SUPPRESS)
+
+
+def worker_settings(values: Dict[str, Any], counters_path: str, started_at: float) -> WorkerSettings:
+    return WorkerSettings(
+        state_file=values[funding_settings.STATE_FILE.env],
+        stale_seconds=values[funding_settings.STALE_SECONDS.env],
+        disconnect_grace_seconds=values[funding_settings.DISCONNECT_GRACE.env],
+        max_data_age_seconds=values[funding_settings.MAX_MESSAGE_AGE.env],
+        poll_seconds=values[funding_settings.API_STATE_POLL.env],
+        log_level=values[funding_settings.LOG_LEVEL.env],
+        header_timeout=values[funding_settings.API_HEADER_TIMEOUT.env],
+        counters_path=counters_path,
+        started_at=started_at,
+        max_streams=values[funding_settings.API_MAX_STREAMS.env],
+        stream_send_timeout_seconds=values[funding_settings.API_STREAM_SEND_TIMEOUT.env],
+    )
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    _, values = funding_settings.load(PROG, __doc__.splitlines()[0], SETTINGS, argv)
+    args, values = funding_settings.load(PROG, __doc__.splitlines()[0], SETTINGS, argv, add_worker_arguments)
     level = values[funding_settings.LOG_LEVEL.env]
     funding_settings.setup_logging(level, "funding_api")
+    if args.worker:
+        settings = worker_settings(values, args.counters, args.started_at)
+        return run_worker(settings, args.worker, args.workers, args.listen_fd)
     host, port = values[HOST.env], values[PORT.env]
-    workers = values[funding_settings.API_WORKERS.env]
+    count = values[funding_settings.API_WORKERS.env]
     try:
         listener, origin = listening_socket(host, port)
     except (OSError, ValueError) as exc:
         log.error("cannot listen on %s port %s: %s", host, port, exc)
         return 1
     bound_host, bound_port = listener.getsockname()[:2]
-    counters_path = create_counters_file(workers)
-    settings = WorkerSettings(
-        state_file=values[funding_settings.STATE_FILE.env],
-        stale_seconds=values[funding_settings.STALE_SECONDS.env],
-        disconnect_grace_seconds=values[funding_settings.DISCONNECT_GRACE.env],
-        poll_seconds=values[funding_settings.API_STATE_POLL.env],
-        log_level=level,
-        counters_path=counters_path,
-        started_at=time.time(),
-        max_streams=values[funding_settings.API_MAX_STREAMS.env],
-        stream_send_timeout_seconds=values[funding_settings.API_STREAM_SEND_TIMEOUT.env],
-    )
+    counters_path = create_counters_file(count)
+    counters = SharedCounters(counters_path)
+    workers = Workers(count, listener.fileno(), worker_settings(values, counters_path, time.time()))
+    stop = threading.Event()
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGINT, on_sigterm)
     log.info(
         "listening on http://%s:%d (%s) with %d worker processes; state file %s",
-        bound_host,
-        bound_port,
-        origin,
-        workers,
-        settings.state_file,
-    )
-    options = granian_options(workers, values[funding_settings.API_HEADER_TIMEOUT.env], level)
-    server = FundingGranian(listener, address=str(bound_host), port=int(bound_port), **options)
-    counters = SharedCounters(counters_path)
+        bound_host, bound_port, origin, count, values[funding_settings.STATE_FILE.env],
+    )  # fmt: skip
     supervision = Supervision(
         str(bound_host),
         int(bound_port),
         funding_systemd.watchdog_interval(),
-        lambda: counters.started_regions() >= workers,
+        lambda: counters.started_regions() >= count,
+        parallel=2 * count,
     )
-    supervision.start()
     exit_code = 0
     try:
-        server.serve(spawn_target=spawn_worker, target_loader=partial(build_worker_app, settings), wrap_loader=False)
-    except SystemExit as exc:  # Granian exits 1 after a worker crash loop
-        exit_code = exc.code if isinstance(exc.code, int) else 1
+        workers.start_all()
+        supervision.start()
+        while not stop.wait(0.1):
+            if not workers.replace_the_dead():
+                exit_code = 1
+                break
     finally:
-        supervision.stop_event.set()
         funding_systemd.stopping()
+        supervision.stop_event.set()
+        workers.stop()
+        listener.close()
         try:
             os.unlink(counters_path)
         except OSError:

@@ -12,18 +12,19 @@ remembered, so each one is logged and counted once.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import threading
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
-import orjson
-from funding_state import StateReader, StateSnapshot
+import funding_json
+from funding_health import FeedSnapshot
+from funding_state import StateReader, StateSnapshot, finite_number
 
 log = logging.getLogger("funding_api")
 
-# Seed order of a symbol record; ageSeconds is appended per request.
+# The keys of funding_state.SYMBOL_RECORD_FIELDS an answer carries, in the seed's order (symbol first, updatedAt
+# and the per-request ageSeconds last); eventTime stays internal.
 RECORD_KEYS = ("markPrice", "fundingRate", "nextFundingTime", "indexPrice")
 OPTIONAL_RECORD_KEYS = ("fundingIntervalHours",)
 # Values orjson encodes as themselves (a non-finite float becomes null, which is what the API promises).
@@ -48,13 +49,7 @@ def json_text(value: Any) -> str:
         return repr(value)
     if value is None:
         return "null"
-    return json.dumps(json_scalar(value), allow_nan=False)
-
-
-def finite_number(value: Any) -> Optional[float]:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
+    return funding_json.dumps(json_scalar(value)).decode("utf-8")
 
 
 def age_text(now: float, updated_at: float) -> bytes:
@@ -116,8 +111,8 @@ def encode_heads(documents: List[Dict[str, Any]]) -> List[bytes]:
     `,{"symbol":` only ever occur between two records and splitting on them is exact (checked by the count anyway).
     """
     try:
-        encoded = orjson.dumps(documents)
-    except orjson.JSONEncodeError:
+        encoded = funding_json.dumps_nulling(documents)
+    except ValueError:
         return [_encode_head_exactly(d) for d in documents]
     parts = encoded[1:-1].split(_RECORD_SEPARATOR)
     if len(parts) != len(documents) or not documents:
@@ -186,6 +181,7 @@ class SnapshotView:
         status = payload["connection_status"]
         self.connected = status.get("connected") is True
         self.connection_status: Dict[str, Any] = {key: json_scalar(value) for key, value in status.items()}
+        self.feed = FeedSnapshot(self.connection_status, self.count, self.oldest_updated_at, self.newest_updated_at)
         self._sorted: Dict[str, List[SymbolRecord]] = {}
 
     def status_number(self, key: str) -> Optional[float]:

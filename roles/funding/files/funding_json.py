@@ -46,6 +46,18 @@ def dumps(value: Any, *, pretty: bool = False) -> bytes:
     return data
 
 
+def dumps_nulling(value: Any) -> bytes:
+    """Compact UTF-8 JSON in which NaN and Infinity become null (the API's promise for odd state values).
+
+    No scan for them, so it is the fast path for documents the caller already made of plain values.
+    ValueError for what JSON cannot hold (an integer beyond 64 bits, an unsupported type).
+    """
+    try:
+        return orjson.dumps(value)
+    except TypeError as exc:  # orjson.JSONEncodeError
+        raise ValueError(str(exc)) from None
+
+
 def loads(data: Union[bytes, bytearray, memoryview, str]) -> Any:
     """Decode JSON; ValueError (UnicodeDecodeError included) when it is not valid UTF-8 JSON."""
     try:
