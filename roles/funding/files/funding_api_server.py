@@ -68,6 +68,7 @@ MAX_BUFFER_BYTES = 128 * 1024
 # per process is fastest; the Rust side queues complete requests meanwhile (a half-sent one never reaches Python).
 BLOCKING_THREADS = 1
 WORKER_STOP_SECONDS = 3.0
+WORKER_EXIT_GRACE_SECONDS = 1.0
 # A worker that dies within this many seconds of its start, this many times in a row, is a crash loop: the
 # supervisor exits 1 and leaves the restart to systemd (Restart=always, with its start limit).
 QUICK_DEATH_SECONDS = 5.0
@@ -135,12 +136,36 @@ def build_worker_app(settings: WorkerSettings, worker_id: int) -> Callable[..., 
     view_listeners.append(hub.notify)
     ui = UiFiles(counter.count)
     routes = {"/funding/stream": StreamEndpoint(hub, counter.count), "/ui": ui, "/ui/": ui}
-    app = RsgiFront(wsgi_app, routes=routes, on_start=hub.start)
+
+    def started(loop: Any) -> None:
+        exit_soon_after_sigterm()
+        hub.start(loop)
+
+    app = RsgiFront(wsgi_app, routes=routes, on_start=started)
     ViewRefresher(views, settings.poll_seconds).start()
     # Everything loaded so far lives as long as the process: keep the collector from scanning it on every reload.
     gc.freeze()
     counter.count_start()
     return app
+
+
+def exit_soon_after_sigterm() -> None:
+    """In a worker's event loop, after Granian set its own SIGTERM handling: exit WORKER_EXIT_GRACE_SECONDS after
+    SIGTERM even if Granian's shutdown hangs.
+
+    Granian's RSGI worker (2.5.7) sometimes never returns from its shutdown: its main thread waits in the Rust runtime
+    while holding the GIL that a runtime thread needs. Granian still gets the signal (asyncio's wakeup descriptor) and
+    stops accepting and finishes what is in flight; this handler only arms faulthandler's watchdog, a C thread that
+    needs no GIL and ends the process with _exit if it is still there.
+    """
+    import faulthandler  # noqa: PLC0415
+
+    sink = open(os.devnull, "w")  # noqa: SIM115 (kept for the watchdog's traceback until the process ends)
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        faulthandler.dump_traceback_later(WORKER_EXIT_GRACE_SECONDS, exit=True, file=sink)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def leave_with_parent(parent: int) -> None:
