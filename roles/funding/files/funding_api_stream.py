@@ -59,9 +59,11 @@ HEARTBEAT_SECONDS = 15.0
 COALESCE_SECONDS = 1.0
 RESUME_WINDOW_SECONDS = 60.0
 HEALTH_CHECK_SECONDS = 1.0
-# While a client is behind, how often its socket is looked at again; while it keeps up, at most this often too
-# (two system calls per look; a stalled client is noticed this much later, and at most this much more is queued).
-BEHIND_CHECK_SECONDS = 0.1
+# While a client is behind, how often its socket is looked at again (it may catch up any moment).
+BEHIND_CHECK_SECONDS = 0.02
+# While it keeps up, at most this often (two system calls per look; a stalled client is noticed this much later,
+# and at most this much more is queued for it meanwhile).
+PROBE_INTERVAL_SECONDS = 0.1
 # More than this waiting in the kernel for the client: nothing more is written until it drains.
 HIGH_WATER_BYTES = 64 * 1024
 RETRY_MILLISECONDS = 2000
@@ -547,7 +549,7 @@ class StreamClient:
         now = time.monotonic()
         if self.behind_since is None and now < self.next_probe:
             return True
-        self.next_probe = now + BEHIND_CHECK_SECONDS
+        self.next_probe = now + PROBE_INTERVAL_SECONDS
         if client_socket.peer_closed():
             self.gone = True
             return False

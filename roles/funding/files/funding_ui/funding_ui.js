@@ -172,9 +172,14 @@
     text("health-status", status, "status-" + status);
     text("health-symbols", typeof body.symbolCount === "number" ? String(body.symbolCount) : "–");
     text("newest-age", typeof body.newestDataAgeSeconds === "number" ? body.newestDataAgeSeconds.toFixed(1) + " s" : "–");
-    const coverage = body.coverage;
-    if (coverage && typeof coverage === "object") {
-      text("coverage", Object.keys(coverage).map((key) => key + ": " + JSON.stringify(coverage[key])).join(", "));
+    // Coverage of the contract universe, when the API reports it (expectedSymbolCount is null while it is unknown).
+    if (typeof body.expectedSymbolCount === "number" && body.expectedSymbolCount > 0) {
+      const served = typeof body.symbolCount === "number" ? body.symbolCount : 0;
+      const missing = typeof body.missingSymbolCount === "number" ? body.missingSymbolCount : 0;
+      text("coverage", (100 * Math.min(1, served / body.expectedSymbolCount)).toFixed(1) + " % of " +
+        body.expectedSymbolCount + (missing ? " (" + missing + " missing)" : ""));
+    } else if (body.universeKnown === false) {
+      text("coverage", "universe not known yet");
     }
     if (status === "healthy") {
       banner.hidden = true;
