@@ -407,6 +407,9 @@ class StreamHub:
         return data
 
     def contract_type(self, record: SymbolRecord) -> Optional[str]:
+        known = getattr(record, "contract_type", self)  # a record that carries it as an attribute
+        if known is not self:
+            return known if isinstance(known, str) else None
         cached = self._contract_types.get(record.symbol)
         if cached is not None and cached[0] is record:
             return cached[1]
@@ -657,6 +660,12 @@ class StreamEndpoint:
             filters = parse_filters(scope.query_string)
         except FilterError as exc:
             self.reply(proto, 400, error_body(400, exc.error, exc.detail), method)
+            return
+        known_types = getattr(self.hub.view, "contract_types", None)  # the contract types the state knows, if any
+        if filters.contract_type and known_types is not None and filters.contract_type not in known_types:
+            known = ", ".join(sorted(known_types))
+            detail = "unknown contractType %r; known: %s" % (echo(filters.contract_type), known)
+            self.reply(proto, 400, error_body(400, "bad_contract_type", detail), method)
             return
         if method == "HEAD":
             self.count_request("/funding/stream", "200")
