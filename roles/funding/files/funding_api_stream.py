@@ -679,6 +679,7 @@ class StreamEndpoint:
                        [("Retry-After", str(RETRY_AFTER_SECONDS))])
             return
         client: Optional[StreamClient] = None
+        client_socket: Optional[ClientSocket] = None
         watcher: Optional[asyncio.Future] = None
         try:
             self.count_request("/funding/stream", "200")
@@ -698,8 +699,8 @@ class StreamEndpoint:
         finally:
             if client is not None:
                 hub.clients.discard(client)
-                if client.client_socket is not None:
-                    client.client_socket.close()
+            if client_socket is not None:
+                client_socket.close()
             if watcher is not None:
                 watcher.cancel()
             counter.close_stream(client.dropped if client is not None else "error")
