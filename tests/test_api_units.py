@@ -345,3 +345,4 @@ def test_the_json_error_assertion_rejects_an_html_error_page():
 def test_every_key_an_answer_serves_is_a_key_of_the_state_files_symbol_record():
     contract = {f.key for f in funding_state.SYMBOL_RECORD_FIELDS}
     assert set(funding_api_view.RECORD_KEYS + funding_api_view.OPTIONAL_RECORD_KEYS) <= contract
+
