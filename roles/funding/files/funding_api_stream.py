@@ -46,7 +46,7 @@ import termios
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Deque, Dict, FrozenSet, Iterable, List, Optional, Set, Tuple
+from typing import Any, Callable, Deque, Dict, FrozenSet, Iterable, List, Optional, Sequence, Set, Tuple
 from urllib.parse import parse_qsl
 
 import orjson
@@ -113,6 +113,14 @@ class StreamFilters:
     quote: str = ""
     contract_type: str = ""
     min_abs_rate: Optional[float] = None
+
+    @property
+    def by_name(self) -> bool:
+        return self.symbols is not None or bool(self.quote)
+
+    @property
+    def by_record(self) -> bool:
+        return self.min_abs_rate is not None or bool(self.contract_type)
 
     def wants_name(self, symbol: str) -> bool:
         if self.symbols is not None and symbol not in self.symbols:
@@ -447,6 +455,8 @@ class StreamClient:
     ) -> None:
         self.hub = hub
         self.filters = filters
+        self.by_name = filters.by_name
+        self.by_record = filters.by_record
         self.transport = transport
         self.client_socket = client_socket
         self.pending: Dict[str, int] = {}  # symbol -> the version before its first unsent change
@@ -463,15 +473,19 @@ class StreamClient:
 
     # --- called by the hub ---------------------------------------------------------------------------------------
 
-    def note_changes(self, changed: Iterable[str], removed: Iterable[str], previous_id: int) -> None:
-        wants = self.filters.wants_name
+    def note_changes(self, changed: Sequence[str], removed: Iterable[str], previous_id: int) -> None:
+        wanted = [s for s in changed if self.filters.wants_name(s)] if self.by_name else changed
         pending = self.pending
-        noted = False
-        for symbol in changed:
-            if wants(symbol):
-                pending.setdefault(symbol, previous_id)
+        noted = bool(wanted)
+        if not pending:
+            self.pending = pending = dict.fromkeys(wanted, previous_id)
+        else:
+            setdefault = pending.setdefault
+            for symbol in wanted:
+                setdefault(symbol, previous_id)
+        if self.removed:
+            for symbol in wanted:
                 self.removed.pop(symbol, None)
-                noted = True
         for symbol in removed:
             if symbol in self.sent:
                 self.removed.setdefault(symbol, previous_id)
@@ -615,19 +629,26 @@ class StreamClient:
         removed: List[str] = list(self.removed)
         self.removed = {}
         records = view.records if view is not None else {}
-        for symbol in [s for s in self.pending if last_sent.get(s, 0.0) <= ready_before]:
-            del self.pending[symbol]
+        pending = self.pending
+        ready = [s for s in pending if last_sent.get(s, 0.0) <= ready_before]
+        if len(ready) == len(pending):
+            self.pending = {}
+        else:
+            for symbol in ready:
+                del pending[symbol]
+        encoded, sent, by_record = hub.encoded, self.sent, self.by_record
+        for symbol in ready:
             record = records.get(symbol)
             if record is None:
-                if symbol in self.sent:
+                if symbol in sent:
                     removed.append(symbol)
-                    self.sent.discard(symbol)
+                    sent.discard(symbol)
                 continue
-            if self.filters.wants_record(record, hub.contract_type):
-                parts.append(hub.encoded(record))
-                self.sent.add(symbol)
+            if not by_record or self.filters.wants_record(record, hub.contract_type):
+                parts.append(encoded(record))
+                sent.add(symbol)
                 last_sent[symbol] = now
-            elif symbol in self.sent:
+            elif symbol in sent:
                 removed.append(symbol)
         for symbol in removed:
             self.sent.discard(symbol)
