@@ -145,3 +145,37 @@ def test_page_is_served_with_a_strict_content_security_policy_and_no_inline_scri
         reply = api.get(asset)
         assert reply.status == 200 and reply.header("content-type").startswith(kind)
     assert api.get("/ui/nope.js").status == 404
+
+
+def test_stale_rows_are_greyed_and_an_unhealthy_service_shows_a_banner(browser, tmp_path):
+    """A state file written here: two fresh symbols and one older than the stale threshold, then all stale."""
+    from test_api_support import record, short_tempdir, write_state  # noqa: PLC0415
+
+    workdir = short_tempdir()
+    state_file = Path(workdir) / "state.json"
+    now = time.time()
+    write_state(state_file, {"BTCUSDT": record(now), "ETHUSDT": record(now), "OLDUSDT": record(now, age=400.0)})
+    api = start_api(state_file, workdir=workdir, env={"FUNDING_API_WORKERS": "1", "FUNDING_STALE_SECONDS": "300"})
+    try:
+        browser.get(api.url("/ui"))
+
+        def stale_rows():
+            return browser.execute_script(
+                "return Array.from(document.querySelectorAll('#funding tbody tr.stale')).map(tr => tr.dataset.symbol);"
+            )
+
+        assert wait_until(lambda: stale_rows() == ["OLDUSDT"], deadline=10), stale_rows()
+        banner = browser.find_element(By.ID, "banner")
+        assert not banner.is_displayed()
+        # Every symbol stale: the service is unhealthy, the banner says why.
+        write_state(state_file, {s: record(now, age=400.0) for s in ("BTCUSDT", "ETHUSDT", "OLDUSDT")})
+        assert wait_until(lambda: banner.is_displayed(), deadline=10)
+        assert "unhealthy" in banner.text and "stale" in banner.text
+        assert browser.find_element(By.ID, "health-status").text == "unhealthy"
+        assert wait_until(lambda: len(stale_rows()) == 3, deadline=5)
+        # Fresh again: the banner goes.
+        write_state(state_file, {s: record(time.time()) for s in ("BTCUSDT", "ETHUSDT", "OLDUSDT")})
+        assert wait_until(lambda: not banner.is_displayed(), deadline=10)
+        assert wait_until(lambda: stale_rows() == [], deadline=5)
+    finally:
+        api.close()
