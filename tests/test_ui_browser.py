@@ -14,7 +14,7 @@ from pathlib import Path
 
 import funding_state
 import pytest
-from test_api_support import REPO, start_api, wait_until
+from test_api_support import REPO, record, short_tempdir, start_api, wait_until, write_state
 from test_daemon import daemon_factory  # noqa: F401  (fixture)
 
 webdriver = pytest.importorskip("selenium.webdriver")
@@ -147,10 +147,8 @@ def test_page_is_served_with_a_strict_content_security_policy_and_no_inline_scri
     assert api.get("/ui/nope.js").status == 404
 
 
-def test_stale_rows_are_greyed_and_an_unhealthy_service_shows_a_banner(browser, tmp_path):
+def test_stale_rows_are_greyed_and_an_unhealthy_service_shows_a_banner(browser):
     """A state file written here: two fresh symbols and one older than the stale threshold, then all stale."""
-    from test_api_support import record, short_tempdir, write_state  # noqa: PLC0415
-
     workdir = short_tempdir()
     state_file = Path(workdir) / "state.json"
     now = time.time()
@@ -169,7 +167,7 @@ def test_stale_rows_are_greyed_and_an_unhealthy_service_shows_a_banner(browser, 
         assert not banner.is_displayed()
         # Every symbol stale: the service is unhealthy, the banner says why.
         write_state(state_file, {s: record(now, age=400.0) for s in ("BTCUSDT", "ETHUSDT", "OLDUSDT")})
-        assert wait_until(lambda: banner.is_displayed(), deadline=10)
+        assert wait_until(banner.is_displayed, deadline=10)
         assert "unhealthy" in banner.text and "stale" in banner.text
         assert browser.find_element(By.ID, "health-status").text == "unhealthy"
         assert wait_until(lambda: len(stale_rows()) == 3, deadline=5)
