@@ -50,6 +50,8 @@ def write_state(
     symbols: Dict[str, Dict[str, Any]],
     connected: bool = True,
     now: Optional[float] = None,
+    universe: Optional[Dict[str, Dict[str, str]]] = None,
+    delisted: Optional[Dict[str, float]] = None,
     **status: Any,
 ) -> None:
     """Write a state file atomically, as the daemon does; on a ServedStateFile, return once the API serves it."""
@@ -57,7 +59,9 @@ def write_state(
     fields = {"connected": connected, "last_connected_time": now - 60, "messages_received": 1234}
     fields.update(status)
     conn = funding_state.new_connection_status(**fields)
-    payload = funding_state.build_payload(symbols, conn, now, 4242)
+    payload = funding_state.build_payload(
+        symbols, conn, now, 4242, universe=None if universe is None else {"fetched_at": now - 5, "symbols": universe},
+        delisted=delisted)
     written_after = time.time()
     funding_state.write_state_atomic(str(path), payload)
     settle = getattr(path, "wait_until_served", None)

@@ -339,7 +339,7 @@ def test_rotation_opens_the_new_connection_and_closes_the_old_one_only_after_it_
                                                                                          daemon_factory):
     sim = simulator_factory().client
     daemon = daemon_factory(sim.ws_url("stream"), rest_url=sim.rest_url, FUNDING_ROTATE_SECONDS="1.5")
-    daemon.wait_for_symbols(600)
+    daemon.wait_for_symbols(500)  # the array's symbols: sampling must start before the second rotation
     samples = []
     deadline = time.monotonic() + 60
     while daemon.log.count("closed after rotation") < 2 and time.monotonic() < deadline:
@@ -525,7 +525,7 @@ def test_a_full_disk_is_survived_logged_once_and_writes_resume(simulator_factory
                                 state_file=mount_point / ".funding_state.json")
         daemon.wait_for_symbols(600)
         filler = mount_point / "filler"
-        with open(filler, "wb") as handle:
+        with open(filler, "wb", buffering=0) as handle:  # unbuffered: nothing left to flush at close
             try:
                 while True:
                     handle.write(b"\0" * 65536)

@@ -48,6 +48,10 @@ def test_health_is_200_healthy_with_every_simulated_perpetual(host):
 
     body = wait_for(healthy_with_all_symbols, timeout=60, what="health 200 with %d symbols" % expected)
     assert body["websocketConnected"] is True
+    # Coverage: the daemon's universe (exchangeInfo's TRADING perpetuals) is served whole, TradFi included.
+    assert body["expectedSymbolCount"] == body["symbolCount"] == expected
+    assert body["missingSymbolCount"] == 0 and body["missingSymbols"] == []
+    assert body["tradifiSymbolCount"] == get_json(host, SIMULATOR + "/_sim/status")[1]["tradfiCount"] > 0
 
 
 def test_btcusdt_equals_the_simulators_current_value_within_one_push(host):
@@ -60,6 +64,23 @@ def test_btcusdt_equals_the_simulators_current_value_within_one_push(host):
     assert served["fundingRate"] == simulated["fundingRate"]
     assert served["nextFundingTime"] == simulated["nextFundingTime"]
     assert served["indexPrice"] == simulated["indexPrice"]
+
+
+def test_a_tradfi_perpetual_equals_the_simulators_value_and_carries_its_type(host):
+    # XAUUSDT is absent from the all-market array (as on Binance): it comes on its own per-symbol stream.
+    def same_as_simulator():
+        simulated = get_json(host, SIMULATOR + "/_sim/symbols?symbols=XAUUSDT")[1]["XAUUSDT"]
+        status, served = get_json(host, API + "/funding/XAUUSDT")
+        return status == 200 and served["markPrice"] == simulated["markPrice"] and (served, simulated)
+
+    served, simulated = wait_for(same_as_simulator, timeout=30, interval=0.5, what="XAUUSDT to match the simulator")
+    assert simulated["onArray"] is False
+    assert served["fundingRate"] == simulated["fundingRate"]
+    assert served["nextFundingTime"] == simulated["nextFundingTime"]
+    assert served["indexPrice"] == simulated["indexPrice"]
+    assert (served["contractType"], served["underlyingType"]) == ("TRADIFI_PERPETUAL", "COMMODITY")
+    status, body = get_json(host, API + "/funding?contractType=TRADIFI_PERPETUAL&limit=1000")
+    assert status == 200 and body["matched"] == get_json(host, SIMULATOR + "/_sim/status")[1]["tradfiCount"]
 
 
 def test_batch_reports_found_and_missing_symbols(host):
@@ -256,6 +277,8 @@ def test_metrics_parse_as_prometheus_text_and_agree_with_health(host):
         return steady and samples
 
     samples = wait_for(steady_scrape, timeout=60, what="a connected daemon with every symbol in /metrics")
+    assert samples["funding_symbols_expected"].value == samples["funding_symbols_served"].value == expected
+    assert samples["funding_symbols_missing"].value == 0
     assert samples["funding_api_up"].value == 1
     assert samples["funding_api_healthy"].value == 1
     assert samples["funding_state_file_ok"].value == 1

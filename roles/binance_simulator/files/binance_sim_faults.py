@@ -1,21 +1,37 @@
 """Fault switches of the simulated exchange, and the bad frames and items some of them inject.
 
 A fault is set with a name and parameters (from `--fault NAME[=VALUE]` or `POST /_sim/fault`). Switches stay on until
-turned off or cleared; `drop` (and `rotate` without `after`) are one-shot actions the server performs at once.
+turned off or cleared; `drop`, `list`, `delist` (and `rotate` without `after`) are one-shot actions the server
+performs at once (a listing or delisting is a change of the market: clearing the faults does not undo it).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import random
-from typing import Any, Dict, List, Mapping, Tuple
+import re
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-ONE_SHOT_FAULTS = ("drop",)
+SWITCH_FAULTS = ("stall", "refuse", "malformed", "poison", "rest_outage", "rest_garbage", "freeze",
+                 "exchange_info_outage", "exchange_info_garbage", "subscribe_error", "array_tradfi")
+ONE_SHOT_FAULTS = ("drop", "list", "delist")
 FAULT_NAMES = ("drop", "stall", "refuse", "malformed", "poison", "rotate", "rest_outage", "rest_skew",
-               "rest_garbage", "freeze")
+               "rest_garbage", "freeze", "list", "delist", "exchange_info_outage", "exchange_info_garbage",
+               "subscribe_error", "array_tradfi")
 # The parameter a bare `--fault NAME=VALUE` sets.
-PRIMARY_PARAMETER = {"drop": "mode", "rotate": "after", "rest_skew": "percent", "poison": "oversize_every"}
+PRIMARY_PARAMETER = {"drop": "mode", "rotate": "after", "rest_skew": "percent", "poison": "oversize_every",
+                     "list": "symbol", "delist": "symbol", "exchange_info_outage": "mode",
+                     "exchange_info_garbage": "kind", "subscribe_error": "code", "array_tradfi": "underlyingType"}
 DROP_MODES = ("abrupt", "close")
+EXCHANGE_INFO_OUTAGE_MODES = ("503", "500", "429", "reset", "hang")
+EXCHANGE_INFO_GARBAGE_KINDS = ("html", "truncated", "not_object", "no_symbols", "empty", "no_perpetuals",
+                               "too_many", "malformed_entries", "shrunk")
+DELIST_ROWS = ("no_funding", "stop")
+LISTABLE_TYPES = ("PERPETUAL", "TRADIFI_PERPETUAL")
+UNDERLYING_TYPES = ("COIN", "EQUITY", "COMMODITY", "INDEX")
+SYMBOL_PATTERN = re.compile(r"^[A-Z0-9]{1,30}(USDT|USDC)$")
+DEFAULT_SUBSCRIBE_ERROR_CODE = 2
 TRUE_WORDS = {"1", "true", "on", "yes"}
 FALSE_WORDS = {"0", "false", "off", "no"}
 DEFAULT_OVERSIZE_EVERY = 10
@@ -108,16 +124,74 @@ class FaultState:
         elif name == "poison":
             every = params.pop("oversize_every", DEFAULT_OVERSIZE_EVERY)
             action["oversize_every"] = int(_as_number(every, "oversize_every", 0, 1_000_000))
+        elif name in ("list", "delist"):
+            action.update(_listing_params(name, params))
+        elif name == "exchange_info_outage":
+            action["mode"] = _choice(params.pop("mode", "503"), "mode", EXCHANGE_INFO_OUTAGE_MODES)
+        elif name == "exchange_info_garbage":
+            action["kind"] = _choice(params.pop("kind", "html"), "kind", EXCHANGE_INFO_GARBAGE_KINDS)
+        elif name == "subscribe_error":
+            action["code"] = int(_as_number(params.pop("code", DEFAULT_SUBSCRIBE_ERROR_CODE), "code", -100000, 100000))
+            action["msg"] = str(params.pop("msg", "Invalid request: subscription refused (simulated)"))[:200]
+            action["count"] = int(_as_number(params.pop("count", 0), "count", 0, 1_000_000))
+        elif name == "array_tradfi":
+            kinds = str(params.pop("underlyingType", "ALL")).upper().split(",")
+            for kind in kinds:
+                if kind not in UNDERLYING_TYPES + ("ALL",):
+                    raise FaultError(f"underlyingType: expected ALL or one of {', '.join(UNDERLYING_TYPES)}, "
+                                     f"got {kind!r}")
+            action["underlyingType"] = ",".join(kinds)
         if params:
             raise FaultError(f"{name}: unknown parameter(s) {', '.join(sorted(params))}")
 
         if name in ONE_SHOT_FAULTS or (name == "rotate" and "after" not in action):
             return action
+        if name == "exchange_info_outage" and turn_on:
+            self.active.pop("exchange_info_garbage", None)  # one answer at a time
+        if name == "exchange_info_garbage" and turn_on:
+            self.active.pop("exchange_info_outage", None)
         if turn_on:
             self.active[name] = {key: value for key, value in action.items() if key not in ("fault", "on")}
         else:
             self.active.pop(name, None)
         return action
+
+
+def _choice(value: Any, name: str, allowed: Tuple[str, ...]) -> str:
+    text = str(value).strip()
+    if text not in allowed:
+        raise FaultError(f"{name}: expected one of {', '.join(allowed)}, got {value!r}")
+    return text
+
+
+def _listing_params(name: str, params: Dict[str, Any]) -> Dict[str, Any]:
+    """list: symbol (default: a fresh name), contractType, underlyingType, price, fundingIntervalHours.
+    delist: symbol (required), rows (no_funding | stop)."""
+    symbol = str(params.pop("symbol", "") or "").strip().upper()
+    if symbol and not SYMBOL_PATTERN.match(symbol):
+        raise FaultError(f"symbol: expected something like NEWCOINUSDT, got {symbol!r}")
+    if name == "delist":
+        if not symbol:
+            raise FaultError("delist: symbol is required")
+        return {"symbol": symbol, "rows": _choice(params.pop("rows", "no_funding"), "rows", DELIST_ROWS)}
+    contract_type = str(params.pop("contractType", "") or "").strip().upper()
+    underlying = str(params.pop("underlyingType", "") or "").strip().upper()
+    if not contract_type:
+        contract_type = "TRADIFI_PERPETUAL" if underlying and underlying != "COIN" else "PERPETUAL"
+    contract_type = _choice(contract_type, "contractType", LISTABLE_TYPES)
+    underlying = _choice(underlying or ("COIN" if contract_type == "PERPETUAL" else "EQUITY"), "underlyingType",
+                         UNDERLYING_TYPES)
+    action: Dict[str, Any] = {"symbol": symbol, "contractType": contract_type, "underlyingType": underlying}
+    if params.get("price") not in (None, ""):
+        action["price"] = _as_number(params.pop("price"), "price", 1e-8, 1e9)
+    params.pop("price", None)
+    if params.get("fundingIntervalHours") not in (None, ""):
+        hours = int(_as_number(params.pop("fundingIntervalHours"), "fundingIntervalHours", 1, 8))
+        if hours not in (1, 4, 8):
+            raise FaultError("fundingIntervalHours: expected 1, 4 or 8")
+        action["fundingIntervalHours"] = hours
+    params.pop("fundingIntervalHours", None)
+    return action
 
 
 # --- injected content ---------------------------------------------------------------------------------------------
@@ -213,3 +287,46 @@ def fault_summary(action: Mapping[str, Any]) -> str:
     state = "on" if action.get("on", True) else "off"
     return f"{action['fault']} {state}" + (f" ({details})" if details else "")
 
+
+def parse_bool_text(text: Optional[str]) -> bool:
+    """For query-string parameters."""
+    return _as_bool(text if text is not None else True, "on")
+
+
+def exchange_info_garbage(kind: str, good_body: str) -> Tuple[int, str, str]:
+    """(status, body, content type) of a bad exchangeInfo answer; `good_body` is the real answer's JSON."""
+    if kind == "html":
+        return 200, "<!DOCTYPE html><html><body><h1>System maintenance</h1></body></html>\n", "text/html"
+    if kind == "truncated":
+        return 200, good_body[: len(good_body) // 2], "application/json"
+    payload = json.loads(good_body)
+    symbols = payload["symbols"]
+    if kind == "not_object":
+        return 200, json.dumps(symbols[:3]), "application/json"
+    if kind == "no_symbols":
+        del payload["symbols"]
+    elif kind == "empty":
+        payload["symbols"] = []
+    elif kind == "no_perpetuals":
+        payload["symbols"] = [entry for entry in symbols if not entry["contractType"].endswith("PERPETUAL")]
+    elif kind == "too_many":
+        template = next(entry for entry in symbols if entry["contractType"] == "PERPETUAL")
+        payload["symbols"] = symbols + [dict(template, symbol="FAKE%05dUSDT" % n, pair="FAKE%05dUSDT" % n)
+                                        for n in range(5_001)]
+    elif kind == "malformed_entries":
+        bad: List[Any] = [
+            None, 17, "BTCUSDT", [], {},
+            {"symbol": 123, "contractType": "PERPETUAL", "status": "TRADING"},
+            {"symbol": "NOSTATUSUSDT", "contractType": "PERPETUAL"},
+            {"symbol": "BADTYPEUSDT", "contractType": ["PERPETUAL"], "status": "TRADING"},
+            {"symbol": "", "contractType": "PERPETUAL", "status": "TRADING"},
+            {"symbol": "X" * 300 + "USDT", "contractType": "PERPETUAL", "status": "TRADING"},
+            {"symbol": "LOWER-case usdt", "contractType": "PERPETUAL", "status": "TRADING"},
+        ]
+        payload["symbols"] = bad[:6] + symbols + bad[6:]
+    elif kind == "shrunk":
+        perpetuals = [entry for entry in symbols if entry["contractType"].endswith("PERPETUAL")
+                      and entry["status"] == "TRADING"]
+        keep = {entry["symbol"] for entry in perpetuals[: len(perpetuals) // 3]} | {"BTCUSDT", "ETHUSDT"}
+        payload["symbols"] = [entry for entry in symbols if entry["symbol"] in keep]
+    return 200, json.dumps(payload, separators=(",", ":")), "application/json"

@@ -1,12 +1,31 @@
 #!/usr/bin/env python3
 """Simulated Binance USDⓈ-M futures exchange on one loopback port: mark-price streams, REST and a fault control API.
 
-WebSocket:  /market/stream?streams=!markPrice@arr[@1s]   combined frames {"stream": ..., "data": [...]}
-            /market/ws/!markPrice@arr[@1s]                raw frames (the bare array)
-            /stream?streams=...  /ws/...                  legacy paths: accepted, then silent forever
-REST:       /fapi/v1/premiumIndex[?symbol=]  /fapi/v1/fundingInfo  /fapi/v1/ping  /fapi/v1/time
-Control:    GET /_sim/status  GET /_sim/symbols  POST /_sim/fault {"fault": NAME, ...}  POST /_sim/clear
-            (loopback clients only)
+WebSocket:  /market/stream?streams=NAME[/NAME...]            combined frames {"stream": ..., "data": ...}
+            /market/ws/NAME  (or /market/ws, then SUBSCRIBE)  raw frames (the bare payload)
+            NAME: !markPrice@arr[@1s] (an array: crypto perpetuals, dated, some SETTLING and COIN-M rows; no
+            TradFi) or <symbol lowercase>@markPrice[@1s] (ONE object, any listed contract, TradFi included)
+            live control: text frames {"method": "SUBSCRIBE"|"UNSUBSCRIBE"|"LIST_SUBSCRIPTIONS", "params": [...],
+            "id": N} -> {"result": null|[...], "id": N}; errors {"error": {"code": 2|3, "msg": ...}, "id": N}
+            rules: binary frame -> close 1008; more than 10 messages in 1 s -> close 1008; at most 1024 streams
+            per connection (a SUBSCRIBE beyond is refused with code 2 and adds nothing)
+            /stream?streams=...  /ws/...                        legacy paths: accepted, then silent forever
+REST:       /fapi/v1/exchangeInfo  /fapi/v1/premiumIndex[?symbol=]  /fapi/v1/fundingInfo  /fapi/v1/ping  /fapi/v1/time
+Control:    GET /_sim/status  GET /_sim/symbols[?symbols=A,B|?all=1]  GET /_sim/universe  GET /_sim/connections
+            POST /_sim/fault {"fault": NAME, ...}  POST /_sim/clear  POST /_sim/counters/reset  (loopback only)
+
+Faults (switches stay on until turned off with on=false or POST /_sim/clear; * marks one-shot actions):
+  drop* mode=abrupt|close        stall        refuse        malformed        poison oversize_every=N
+  rotate[*] after=SECONDS        freeze       rest_outage   rest_garbage     rest_skew percent=P
+  list* symbol=S contractType=PERPETUAL|TRADIFI_PERPETUAL underlyingType=COIN|EQUITY|COMMODITY|INDEX
+        price=P fundingIntervalHours=1|4|8      (a new TRADING contract, in exchangeInfo and on its streams)
+  delist* symbol=S rows=no_funding|stop         (TRADING -> SETTLING; rows keep flowing without funding, or stop)
+  exchange_info_outage mode=503|500|429|reset|hang        (only exchangeInfo fails; other REST keeps working)
+  exchange_info_garbage kind=html|truncated|not_object|no_symbols|empty|no_perpetuals|too_many|
+        malformed_entries|shrunk
+  subscribe_error code=N msg=TEXT count=K       (SUBSCRIBE answered with that error, nothing added; K>0: K times)
+  array_tradfi underlyingType=ALL|EQUITY|COMMODITY|INDEX[,...]   (TradFi rows appear on the array too)
+Listings and delistings change the market: clearing the faults does not undo them.
 
 Every option can also be set by a SIM_* environment variable; flags win.
 """
@@ -23,21 +42,37 @@ import os
 import signal
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from binance_sim_faults import (
     FAULT_NAMES,
     FaultError,
     FaultState,
+    exchange_info_garbage,
     fault_summary,
     malformed_frames,
     oversized_frame,
     parse_fault_flag,
     poisoned_items,
 )
-from binance_sim_market import Market
+from binance_sim_market import Market, MarketError
+from binance_sim_streams import (
+    ARRAY_STREAM_NAMES,
+    MAX_MESSAGES_PER_SECOND,
+    MAX_STREAMS_PER_CONNECTION,
+    POLICY_VIOLATION,
+    SPEEDS,
+    ConnectionCounters,
+    LimitCounters,
+    Subscriptions,
+    check_params,
+    error_reply,
+    valid_request_id,
+)
+from binance_sim_universe import DEFAULT_CONTRACT_COUNT
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
@@ -48,9 +83,8 @@ except ImportError:  # websockets < 13.1 keeps it in the connection module
 
 LOG = logging.getLogger("binance_simulator")
 
-STREAM_SPEEDS = {"!markPrice@arr": "slow", "!markPrice@arr@1s": "fast"}
-STREAM_NAMES = {speed: name for name, speed in STREAM_SPEEDS.items()}
-SPEEDS = ("slow", "fast")
+CLOSED_CONNECTIONS_KEPT = 200
+EXCHANGE_INFO_HANG_SECONDS = 30.0
 MAX_WRITE_BUFFER = 32 * 1024 * 1024  # a subscriber this far behind is cut off, as Binance does
 MAX_REQUEST_HEAD = 16 * 1024
 MAX_REQUEST_BODY = 64 * 1024
@@ -103,6 +137,19 @@ _port = _whole_number(0, 65535, "a port number")
 _symbol_count = _whole_number(1, 20_000, "an integer")
 
 
+def _optional_count(text: str) -> Optional[int]:
+    """Empty: the default."""
+    if not text.strip():
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= value <= 20_000:
+        raise argparse.ArgumentTypeError(f"must be 0..20000, got {value}")
+    return value
+
+
 def _fault(text: str) -> Tuple[str, Dict[str, Any]]:
     try:
         name, params = parse_fault_flag(text)
@@ -125,7 +172,12 @@ OPTIONS = (
     ("--port", "SIM_PORT", "9000", _port, "port for WebSocket, REST and control (0 picks a free one)"),
     ("--port-file", "SIM_PORT_FILE", "", str, "write the bound port to this file once listening"),
     ("--seed", "SIM_SEED", "42", int, "seed for the symbol universe and the random walk"),
-    ("--symbols", "SIM_SYMBOLS", "700", _symbol_count, "number of contracts (at least the named ones)"),
+    ("--symbols", "SIM_SYMBOLS", str(DEFAULT_CONTRACT_COUNT), _symbol_count,
+     "contracts in exchangeInfo (at least the named ones), mixed like Binance's: 65%% PERPETUAL, 20%% "
+     "TRADIFI_PERPETUAL, 15%% SETTLING, 1 PENDING_TRADING, dated quarterlies"),
+    ("--tradfi", "SIM_TRADFI", "", _optional_count,
+     "TRADIFI_PERPETUAL contracts among --symbols (default: 20%% of them, like Binance); more than 1024 makes a "
+     "client open a second connection for per-symbol streams"),
     ("--push-interval", "SIM_PUSH_INTERVAL", "3.0", _positive_seconds, "seconds between !markPrice@arr pushes"),
     ("--fast-push-interval", "SIM_FAST_PUSH_INTERVAL", "1.0", _positive_seconds,
      "seconds between !markPrice@arr@1s pushes; the market ticks at this rate"),
@@ -146,7 +198,9 @@ def parse_config(argv: Optional[List[str]] = None, environ: Optional[Dict[str, s
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Faults: " + ", ".join(FAULT_NAMES) + ". --fault NAME[=VALUE] may be repeated; VALUE is rest_skew's "
         "percent, rotate's after (seconds of connection age), drop's mode (abrupt|close), poison's "
-        "oversize_every, or on/off for a switch. SIM_FAULTS takes a comma-separated list.",
+        "oversize_every, list's and delist's symbol, exchange_info_outage's mode, exchange_info_garbage's kind, "
+        "subscribe_error's code, array_tradfi's underlyingType, or on/off for a switch. SIM_FAULTS takes a "
+        "comma-separated list.",
     )
     for flag, variable, default, kind, text in OPTIONS:
         value = environ.get(variable, default)
@@ -171,24 +225,34 @@ def parse_config(argv: Optional[List[str]] = None, environ: Optional[Dict[str, s
 class StreamRoute:
     label: str
     combined: bool
-    speeds: Set[str]
+    names: List[str]
     legacy: bool
 
 
 def stream_route(path: str, query: Dict[str, List[str]]) -> Optional[StreamRoute]:
     """The WebSocket route of a request path, or None when no stream lives there."""
     if path == "/market/stream":
-        names = [name for value in query.get("streams", []) for name in value.split("/")]
-        return StreamRoute(path, True, {STREAM_SPEEDS[name] for name in names if name in STREAM_SPEEDS}, False)
+        names = [name for value in query.get("streams", []) for name in value.split("/") if name]
+        return StreamRoute(path, True, list(dict.fromkeys(names)), False)
     if path == "/market/ws" or path.startswith("/market/ws/"):
         name = path[len("/market/ws/"):] if path.startswith("/market/ws/") else ""
-        speeds = {STREAM_SPEEDS[name]} if name in STREAM_SPEEDS else set()
-        return StreamRoute(path, False, speeds, False)
+        return StreamRoute(path, False, [name] if name else [], False)
     if path == "/stream":
-        return StreamRoute(path, True, set(), True)
+        return StreamRoute(path, True, [], True)
     if path == "/ws" or path.startswith("/ws/"):
-        return StreamRoute("/ws", False, set(), True)
+        return StreamRoute("/ws", False, [], True)
     return None
+
+
+REST_WEIGHTS = {"/fapi/v1/exchangeInfo": 1, "/fapi/v1/premiumIndex": 1, "/fapi/v1/fundingInfo": 1,
+                "/fapi/v1/ping": 1, "/fapi/v1/time": 1}
+
+
+def rest_weight(path: str, query: Dict[str, List[str]]) -> int:
+    """Binance's request weight: premiumIndex without a symbol costs 10, the others 1; unknown paths 0."""
+    if path == "/fapi/v1/premiumIndex" and "symbol" not in query:
+        return 10
+    return REST_WEIGHTS.get(path, 0)
 
 
 def is_loopback(address: Any) -> bool:
@@ -274,8 +338,30 @@ class ConnectionInfo:
     peer: str
     opened_at: float
     route: StreamRoute
-    speeds: Set[str] = field(default_factory=set)
+    subscriptions: Subscriptions = field(default_factory=Subscriptions)
+    counters: ConnectionCounters = field(default_factory=ConnectionCounters)
     close_cause: Optional[str] = None
+    close_code: Optional[int] = None
+    close_reason: str = ""
+    closed_at: Optional[float] = None
+
+    def describe(self, now: float, with_names: bool = False) -> Dict[str, Any]:
+        subscriptions = self.subscriptions
+        described: Dict[str, Any] = {
+            "number": self.number,
+            "path": self.label,
+            "peer": self.peer,
+            "ageSeconds": round((self.closed_at or now) - self.opened_at, 3),
+            "streams": len(subscriptions),
+            "arrayStreams": sorted(ARRAY_STREAM_NAMES[speed] for speed in subscriptions.array_speeds),
+            "symbolStreams": {speed: len(symbols) for speed, symbols in subscriptions.symbols.items()},
+            **self.counters.as_dict(),
+        }
+        if self.closed_at is not None:
+            described.update(closeCause=self.close_cause, closeCode=self.close_code, closeReason=self.close_reason)
+        if with_names:
+            described["streamNames"] = list(subscriptions.names)
+        return described
 
 
 def _now_ms() -> int:
@@ -291,7 +377,17 @@ class Simulator:
         self.subscribers: Dict[Tuple[bool, str], Set[ServerConnection]] = {
             (combined, speed): set() for combined in (True, False) for speed in SPEEDS
         }
+        self.symbol_subscribers: Dict[str, Set[ServerConnection]] = {speed: set() for speed in SPEEDS}
         self.connections: Dict[ServerConnection, ConnectionInfo] = {}
+        self.closed_connections: Deque[ConnectionInfo] = deque(maxlen=CLOSED_CONNECTIONS_KEPT)
+        self.limits = LimitCounters()
+        self.symbol_frames_sent = 0
+        self.exchange_info_requests = 0
+        self.subscribe_errors_left = 0
+        self.stopping: Optional[asyncio.Event] = None
+        self.rest_weight_total = 0
+        self.rest_by_path: Dict[str, int] = {}
+        self.rest_weight_window: Deque[Tuple[float, int]] = deque()
         self.pushes = {speed: 0 for speed in SPEEDS}
         self.frames_sent = 0
         self.connections_opened = 0
@@ -300,9 +396,6 @@ class Simulator:
         self.rest_requests = 0
         self.port = 0
         self._background: Set[asyncio.Task] = set()
-        self._perpetuals_by_shard = [
-            [symbol for symbol in shard if market.specs[symbol].perpetual] for shard in market.shards
-        ]
 
     # --- HTTP ---------------------------------------------------------------------------------------------------
 
@@ -340,18 +433,39 @@ class Simulator:
             self.handshakes_refused += 1
             LOG.info("refused WebSocket handshake on %s (fault refuse)", route.label)
             return self._respond(connection, 503, REST_OUTAGE_HTML, "text/html")
+        if len(route.names) > MAX_STREAMS_PER_CONNECTION:
+            return self._respond(connection, 400, {"code": -1, "msg": "Too many streams in the URL: at most %d per "
+                                                   "connection" % MAX_STREAMS_PER_CONNECTION})
         if isinstance(connection, SimServerConnection):
             connection.sim_route = route
         return None  # websockets performs the upgrade (or answers 426 to a plain GET)
 
     def _rest(self, connection: ServerConnection, method: str, path: str, query: Dict[str, List[str]]) -> Any:
+        """Count the request's weight like Binance (per IP, one-minute window) and answer it."""
         self.rest_requests += 1
+        weight = rest_weight(path, query)
+        now = time.monotonic()
+        if weight:
+            self.rest_weight_total += weight
+            self.rest_by_path[path] = self.rest_by_path.get(path, 0) + 1
+            self.rest_weight_window.append((now, weight))
+        while self.rest_weight_window and self.rest_weight_window[0][0] <= now - 60.0:
+            self.rest_weight_window.popleft()
+        response = self._rest_answer(connection, method, path, query)
+        if weight and response is not None and hasattr(response, "headers"):
+            response.headers["X-MBX-USED-WEIGHT-1M"] = str(sum(w for _, w in self.rest_weight_window))
+        return response
+
+    def _rest_answer(self, connection: ServerConnection, method: str, path: str,
+                     query: Dict[str, List[str]]) -> Any:
         if self.faults.is_on("rest_outage"):
             return self._respond(connection, 503, REST_OUTAGE_HTML, "text/html")
         if method != "GET":
             return self._respond(connection, 405, {"code": -1, "msg": "Method not allowed."})
         if self.faults.is_on("rest_garbage"):
             return self._respond(connection, 200, REST_GARBAGE_HTML, "text/html")
+        if path == "/fapi/v1/exchangeInfo":
+            return self._exchange_info(connection)
         if path == "/fapi/v1/ping":
             return self._respond(connection, 200, {})
         if path == "/fapi/v1/time":
@@ -368,10 +482,46 @@ class Simulator:
                     "code": -1102,
                     "msg": "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed.",
                 })
-            if symbol not in self.market.specs:
+            if not self.market.rest_symbol(symbol):
                 return self._respond(connection, 400, {"code": -1121, "msg": "Invalid symbol."})
             return self._respond(connection, 200, self.market.premium_index_entry(symbol, skew))
         return self._respond(connection, 404, {"code": -1, "msg": f"Not found: {path}"})
+
+    def _exchange_info(self, connection: ServerConnection) -> Any:
+        self.exchange_info_requests += 1
+        if self.faults.is_on("exchange_info_outage"):
+            mode = self.faults.param("exchange_info_outage", "mode", "503")
+            if mode == "500":
+                return self._respond(connection, 500, {"code": -1000, "msg": "An unknown error occurred while "
+                                                                             "processing the request."})
+            if mode == "429":
+                response = self._respond(connection, 429, {"code": -1003, "msg": "Too many requests; current limit "
+                                                                                  "of IP is 2400 requests per minute."})
+                response.headers["Retry-After"] = "5"
+                return response
+            if mode == "reset":
+                connection.transport.abort()
+                return self._respond(connection, 503, REST_OUTAGE_HTML, "text/html")
+            if mode == "hang":
+                return self._hang(connection)
+            return self._respond(connection, 503, REST_OUTAGE_HTML, "text/html")
+        body = self.market.encode_exchange_info(_now_ms())
+        if self.faults.is_on("exchange_info_garbage"):
+            status, body, content_type = exchange_info_garbage(
+                self.faults.param("exchange_info_garbage", "kind", "html"), body)
+            return self._respond(connection, status, body, content_type)
+        return self._respond(connection, 200, body)
+
+    async def _hang(self, connection: ServerConnection) -> Any:
+        """Answer 504 after EXCHANGE_INFO_HANG_SECONDS (at once when the simulator stops)."""
+        if self.stopping is None:
+            self.stopping = asyncio.Event()
+        try:
+            await asyncio.wait_for(self.stopping.wait(), EXCHANGE_INFO_HANG_SECONDS)
+        except asyncio.TimeoutError:
+            pass
+        return self._respond(connection, 504, REST_OUTAGE_HTML.replace("503 Service Temporarily Unavailable",
+                                                                       "504 Gateway Time-out"), "text/html")
 
     def _control(self, connection: ServerConnection, method: str, path: str, query: Dict[str, List[str]]) -> Any:
         if not is_loopback(connection.remote_address):
@@ -380,10 +530,26 @@ class Simulator:
         if path == "/_sim/status" and method == "GET":
             return self._respond(connection, 200, self.status())
         if path == "/_sim/symbols" and method == "GET":
-            wanted = None
             if query.get("symbols"):
                 wanted = [s for s in query["symbols"][-1].upper().split(",") if s in self.market.specs]
+            elif query.get("all", ["0"])[-1].lower() in ("1", "true", "yes"):
+                wanted = list(self.market.specs)
+            else:  # what exchangeInfo lists; the COIN-M rows only with ?all=1 or by name
+                wanted = [symbol for symbol, spec in self.market.specs.items() if spec.listed]
             return self._respond(connection, 200, self.market.snapshot(wanted))
+        if path == "/_sim/universe" and method == "GET":
+            return self._respond(connection, 200, self.market.universe())
+        if path == "/_sim/connections" and method == "GET":
+            with_names = query.get("names", ["0"])[-1].lower() in ("1", "true", "yes")
+            now = time.monotonic()
+            return self._respond(connection, 200, {
+                "open": [info.describe(now, with_names) for info in self.connections.values()],
+                "closed": [info.describe(now, with_names) for info in self.closed_connections],
+                "limits": self.limits.as_dict(),
+            })
+        if path == "/_sim/counters/reset" and method == "POST":
+            self.reset_counters()
+            return self._respond(connection, 200, {"ok": True, "limits": self.limits.as_dict()})
         if path == "/_sim/clear" and method == "POST":
             self.clear_faults("control")
             return self._respond(connection, 200, {"ok": True, "faults": self.faults.describe()})
@@ -394,7 +560,8 @@ class Simulator:
             except FaultError as exc:
                 return self._respond(connection, 400, {"error": str(exc)})
             return self._respond(connection, 200, {"ok": True, "action": action, "faults": self.faults.describe()})
-        if path in ("/_sim/status", "/_sim/symbols", "/_sim/clear", "/_sim/fault"):
+        if path in ("/_sim/status", "/_sim/symbols", "/_sim/clear", "/_sim/fault", "/_sim/universe",
+                    "/_sim/connections", "/_sim/counters/reset"):
             return self._respond(connection, 405, {"error": f"method {method} not allowed on {path}"})
         return self._respond(connection, 404, {"error": f"unknown control path {path}"})
 
@@ -419,8 +586,14 @@ class Simulator:
 
     def apply_fault(self, name: str, params: Dict[str, Any], source: str) -> Dict[str, Any]:
         action = self.faults.apply(name, params)
+        if name in ("list", "delist") and action["on"]:
+            self._change_listing(action)
         LOG.info("fault %s [%s]", fault_summary(action), source)
-        if name == "drop" and action["on"]:
+        if name == "subscribe_error":
+            self.subscribe_errors_left = int(action.get("count", 0)) if action["on"] else 0
+        elif name == "array_tradfi":
+            self.market.set_array_tradfi(action["underlyingType"].split(",") if action["on"] else None)
+        elif name == "drop" and action["on"]:
             self.close_all(cause="drop", abrupt=action["mode"] == "abrupt")
         elif name == "rotate" and action["on"] and "after" not in action:
             self.close_all(cause="rotate", abrupt=False)
@@ -428,9 +601,44 @@ class Simulator:
             self.market.frozen = self.faults.is_on("freeze")
         return action
 
+    def _change_listing(self, action: Dict[str, Any]) -> None:
+        now_ms = _now_ms()
+        try:
+            if action["fault"] == "delist":
+                self.market.delist_symbol(action["symbol"], now_ms, action["rows"])
+                return
+            symbol = action["symbol"] or self._fresh_symbol()
+            action["symbol"] = symbol
+            self.market.list_symbol(symbol, contract_type=action["contractType"],
+                                    underlying_type=action["underlyingType"], now_ms=now_ms,
+                                    price=action.get("price"), interval_hours=action.get("fundingIntervalHours"))
+        except MarketError as exc:
+            raise FaultError(str(exc)) from None
+
+    def _fresh_symbol(self) -> str:
+        number = len(self.market.changes) + 1
+        while f"NEWLIST{number}USDT" in self.market.specs:
+            number += 1
+        return f"NEWLIST{number}USDT"
+
+    def reset_counters(self) -> None:
+        self.limits = LimitCounters()
+        self.rest_weight_total = 0
+        self.rest_by_path.clear()
+        self.rest_weight_window.clear()
+        self.exchange_info_requests = 0
+        for info in self.connections.values():
+            info.counters.message_window.reset()
+            info.counters.control_window.reset()
+            info.counters.streams_peak = len(info.subscriptions)
+        self.closed_connections.clear()
+
     def clear_faults(self, source: str) -> None:
         self.faults.clear()
         self.market.frozen = False
+        self.subscribe_errors_left = 0
+        if self.market.array_tradfi is not None:
+            self.market.set_array_tradfi(None)
         LOG.info("all faults cleared [%s]", source)
 
     def close_all(self, cause: str, abrupt: bool) -> None:
@@ -455,30 +663,53 @@ class Simulator:
     def _unsubscribe(self, connection: ServerConnection) -> None:
         for group in self.subscribers.values():
             group.discard(connection)
+        for group in self.symbol_subscribers.values():
+            group.discard(connection)
 
-    def _subscribe(self, connection: ServerConnection, info: ConnectionInfo, speeds: Set[str]) -> None:
-        info.speeds |= speeds
-        if info.route.legacy:
+    def _refresh_delivery(self, connection: ServerConnection, info: ConnectionInfo) -> None:
+        """Put the connection in (or take it out of) the push groups its streams call for."""
+        if info.route.legacy or info.close_cause is not None:
             return  # acknowledged, never delivered: the legacy paths are silent
-        for speed in speeds:
-            self.subscribers[(info.route.combined, speed)].add(connection)
+        speeds = info.subscriptions.array_speeds
+        for speed in SPEEDS:
+            group = self.subscribers[(info.route.combined, speed)]
+            if speed in speeds:
+                group.add(connection)
+            else:
+                group.discard(connection)
+            if info.subscriptions.symbols[speed]:
+                self.symbol_subscribers[speed].add(connection)
+            else:
+                self.symbol_subscribers[speed].discard(connection)
+        streams = len(info.subscriptions)
+        info.counters.streams_peak = max(info.counters.streams_peak, streams)
+        self.limits.peak_streams_per_connection = max(self.limits.peak_streams_per_connection, streams)
+
+    def policy_close(self, connection: ServerConnection, info: ConnectionInfo, why: str, reason: str) -> None:
+        """Close 1008 like Binance does for a broken rule, and count it."""
+        self.limits.note_close(why)
+        LOG.info("connection #%d broke a rule (%s): closing with %d", info.number, why, POLICY_VIOLATION)
+        self.close_connection(connection, "policy violation", code=POLICY_VIOLATION, reason=reason)
 
     async def handler(self, connection: ServerConnection) -> None:
         route = getattr(connection, "sim_route", None)
         if route is None:
             request = connection.request
             parts = urlsplit(request.path if request is not None else "/")
-            route = stream_route(unquote(parts.path), parse_qs(parts.query)) or StreamRoute("?", False, set(), True)
+            route = stream_route(unquote(parts.path), parse_qs(parts.query)) or StreamRoute("?", False, [], True)
         self.connections_opened += 1
         peer = "%s:%s" % tuple(connection.remote_address[:2]) if connection.remote_address else "?"
         info = ConnectionInfo(self.connections_opened, route.label, peer, time.monotonic(), route)
         self.connections[connection] = info
-        self._subscribe(connection, info, set(route.speeds))
+        info.subscriptions.add(route.names)
+        self._refresh_delivery(connection, info)
         LOG.info("connection #%d opened from %s on %s (%s)", info.number, peer, route.label,
-                 "legacy, silent" if route.legacy else ",".join(sorted(info.speeds)) or "no stream")
+                 "legacy, silent" if route.legacy else "%d streams" % len(info.subscriptions))
         try:
             async for message in connection:
-                reply = self._client_message(connection, info, message)
+                if info.close_cause is not None:
+                    continue
+                reply = self._incoming(connection, info, message)
                 if reply is not None:
                     await connection.send(reply)
         except ConnectionClosed:
@@ -489,41 +720,105 @@ class Simulator:
             initiator, code, reason = describe_close(connection)
             cause = info.close_cause or ("keepalive" if "keepalive" in reason else initiator)
             self.closed_by_cause[cause] = self.closed_by_cause.get(cause, 0) + 1
+            info.close_cause, info.close_code, info.close_reason = cause, code, reason
+            info.closed_at = time.monotonic()
+            self.closed_connections.append(info)
             LOG.info("connection #%d closed on %s after %.1fs: %s (close %s by %s%s)", info.number, info.label,
                      time.monotonic() - info.opened_at, cause, code, initiator, ": " + reason if reason else "")
 
-    def _client_message(self, connection: ServerConnection, info: ConnectionInfo, message: Any) -> Optional[str]:
+    def _incoming(self, connection: ServerConnection, info: ConnectionInfo, message: Any) -> Optional[str]:
+        """Count one client message against Binance's rules, then answer it (or close the connection)."""
+        now = time.monotonic()
+        counters = info.counters
+        counters.messages += 1
+        self.limits.messages += 1
+        in_window = counters.message_window.add(now)
+        self.limits.all_messages.add(now)
+        self.limits.peak_messages_per_connection = max(self.limits.peak_messages_per_connection, in_window)
+        if isinstance(message, (bytes, bytearray)):
+            counters.binary_messages += 1
+            self.policy_close(connection, info, "binary frame", "Invalid frame: binary messages are not accepted")
+            return None
+        if in_window > MAX_MESSAGES_PER_SECOND:
+            self.policy_close(connection, info, "too many messages",
+                              "Too many messages: more than %d in one second" % MAX_MESSAGES_PER_SECOND)
+            return None
+        return json.dumps(self._client_message(connection, info, message, now), separators=(",", ":"))
+
+    def _client_message(self, connection: ServerConnection, info: ConnectionInfo, message: str,
+                        now: float) -> Dict[str, Any]:
         """Binance's live-subscription protocol: SUBSCRIBE, UNSUBSCRIBE, LIST_SUBSCRIPTIONS."""
+        counters = info.counters
         try:
             request = json.loads(message)
-        except (ValueError, TypeError, RecursionError):
-            request = None
-        if not isinstance(request, dict) or not isinstance(request.get("method"), str):
-            return json.dumps({"error": {"code": 3, "msg": "Invalid JSON: expected an object with a method"},
-                               "id": None})
+        except (ValueError, TypeError, RecursionError) as exc:
+            counters.other_messages += 1
+            where = "at line %d column %d" % (exc.lineno, exc.colno) if isinstance(exc, ValueError) and hasattr(
+                exc, "lineno") else ""
+            return error_reply(3, ("Invalid JSON: expected value " + where).strip(), None)
+        if not isinstance(request, dict):
+            counters.other_messages += 1
+            return error_reply(2, "Invalid request: expected a JSON object", None)
         request_id = request.get("id")
-        method = request["method"].upper()
-        params = request.get("params") or []
-        if not isinstance(params, list):
-            return json.dumps({"error": {"code": 2, "msg": "Invalid request: params must be a list"},
-                               "id": request_id})
-        speeds = {STREAM_SPEEDS[name] for name in params if isinstance(name, str) and name in STREAM_SPEEDS}
+        method = request.get("method")
+        if not valid_request_id(request_id):
+            counters.other_messages += 1
+            return error_reply(2, "Invalid request: request ID must be an unsigned integer", None)
+        if not isinstance(method, str):
+            counters.other_messages += 1
+            return error_reply(2, "Invalid request: missing field `method`", request_id)
+        if method in ("SUBSCRIBE", "UNSUBSCRIBE"):
+            window = counters.control_window.add(now)
+            self.limits.all_subscribes.add(now)
+            self.limits.peak_subscribe_per_connection = max(self.limits.peak_subscribe_per_connection, window)
+            if method == "SUBSCRIBE":
+                counters.subscribe_messages += 1
+                self.limits.subscribe_messages += 1
+            else:
+                counters.unsubscribe_messages += 1
+                self.limits.unsubscribe_messages += 1
+        else:
+            counters.other_messages += 1
+        names, problem = check_params(request.get("params"))
+        if problem is not None or names is None:
+            return self._error(info, 2, problem or "Invalid request", request_id)
         if method == "SUBSCRIBE":
-            self._subscribe(connection, info, speeds)
-            return json.dumps({"result": None, "id": request_id})
+            if self.faults.is_on("subscribe_error"):
+                code = int(self.faults.param("subscribe_error", "code", 2))
+                msg = str(self.faults.param("subscribe_error", "msg", "Invalid request"))
+                if self.subscribe_errors_left > 0:
+                    self.subscribe_errors_left -= 1
+                    if self.subscribe_errors_left == 0:
+                        self.faults.apply("subscribe_error", {"on": False})
+                        LOG.info("fault subscribe_error off (count reached)")
+                return self._error(info, code, msg, request_id)
+            if info.subscriptions.would_exceed(names):
+                self.limits.streams_refused += 1
+                return self._error(info, 2, "Invalid request: a connection may hold at most %d streams; it has %d "
+                                   "and this request adds %d" % (
+                                       MAX_STREAMS_PER_CONNECTION, len(info.subscriptions),
+                                       len(set(names) - set(info.subscriptions.names))), request_id)
+            info.subscriptions.add(names)
+            self._refresh_delivery(connection, info)
+            return {"result": None, "id": request_id}
         if method == "UNSUBSCRIBE":
-            info.speeds -= speeds
-            for speed in speeds:
-                self.subscribers[(info.route.combined, speed)].discard(connection)
-            return json.dumps({"result": None, "id": request_id})
+            info.subscriptions.remove(names)
+            self._refresh_delivery(connection, info)
+            return {"result": None, "id": request_id}
         if method == "LIST_SUBSCRIPTIONS":
-            return json.dumps({"result": sorted(STREAM_NAMES[speed] for speed in info.speeds), "id": request_id})
-        return json.dumps({"error": {"code": 2, "msg": f"Invalid request: unknown method {method}"},
-                           "id": request_id})
+            return {"result": list(info.subscriptions.names), "id": request_id}
+        return self._error(info, 2, "Invalid request: unknown variant `%s`, expected one of `SUBSCRIBE`, "
+                           "`UNSUBSCRIBE`, `LIST_SUBSCRIPTIONS`, `SET_PROPERTY`, `GET_PROPERTY`" % method[:50],
+                           request_id)
+
+    def _error(self, info: ConnectionInfo, code: int, msg: str, request_id: Any) -> Dict[str, Any]:
+        info.counters.subscribe_errors += 1
+        self.limits.note_error(code)
+        return error_reply(code, msg, request_id)
 
     # --- pushes -------------------------------------------------------------------------------------------------
 
-    def _send(self, connections: Set[ServerConnection], message: Any) -> None:
+    def _send(self, connections: Set[ServerConnection], message: Any) -> int:
         targets = []
         for connection in list(connections):
             transport = connection.transport
@@ -536,13 +831,16 @@ class Simulator:
         if targets:
             broadcast(targets, message)
             self.frames_sent += len(targets)
+        return len(targets)
 
     def push(self, speed: str, shard: int) -> None:
-        """Send one shard to every subscriber of one speed; each frame is encoded once for all of them."""
+        """Send one shard to every array subscriber of one speed (each frame encoded once for all of them), then
+        every per-symbol stream of that speed."""
         if self.faults.is_on("stall"):
             return
         counter = self.pushes[speed]
         self.pushes[speed] += 1
+        self._push_symbols(speed)
         combined_targets = self.subscribers[(True, speed)]
         raw_targets = self.subscribers[(False, speed)]
         if not combined_targets and not raw_targets:
@@ -550,10 +848,10 @@ class Simulator:
         array = self.market.encode_shard(shard)
         now_ms = _now_ms()
         if self.faults.is_on("poison"):
-            poison = json.dumps(poisoned_items(self._perpetuals_by_shard[shard], now_ms, counter),
+            poison = json.dumps(poisoned_items(self.market.array_perpetuals(shard), now_ms, counter),
                                 separators=(",", ":"))
             array = array[:-1] + "," + poison[1:] if array != "[]" else poison
-        stream_name = STREAM_NAMES[speed]
+        stream_name = ARRAY_STREAM_NAMES[speed]
         for combined, targets in ((True, combined_targets), (False, raw_targets)):
             if not targets:
                 continue
@@ -564,6 +862,26 @@ class Simulator:
             every = int(self.faults.param("poison", "oversize_every", 0) or 0)
             if self.faults.is_on("poison") and every and counter % every == every - 1:
                 self._send(targets, oversized_frame(combined, stream_name, now_ms))
+
+    def _push_symbols(self, speed: str) -> None:
+        """`<symbol>@markPrice[@1s]`: one frame per subscribed symbol, carrying ONE object (its latest row)."""
+        suffix = "@markPrice@1s" if speed == "fast" else "@markPrice"
+        market = self.market
+        for connection in list(self.symbol_subscribers[speed]):
+            info = self.connections.get(connection)
+            if info is None:
+                continue
+            combined = info.route.combined
+            single = {connection}
+            for symbol in info.subscriptions.symbols[speed]:
+                spec = market.specs.get(symbol)
+                if spec is None or not market.streamable(spec):
+                    continue  # Binance acknowledges a stream of an unknown symbol and never sends on it
+                item = market.encode_item(symbol)
+                frame = '{"stream":"%s%s","data":%s}' % (symbol.lower(), suffix, item) if combined else item
+                if not self._send(single, frame):
+                    break
+                self.symbol_frames_sent += 1
 
     async def _periodic(self, interval: float, action: Any) -> None:
         loop = asyncio.get_running_loop()
@@ -614,6 +932,7 @@ class Simulator:
     # --- reporting ----------------------------------------------------------------------------------------------
 
     def status(self) -> Dict[str, Any]:
+        universe = self.market.universe()
         by_path: Dict[str, int] = {}
         for info in self.connections.values():
             by_path[info.label] = by_path.get(info.label, 0) + 1
@@ -630,12 +949,23 @@ class Simulator:
             "pushes": dict(self.pushes),
             "pushesSent": sum(self.pushes.values()),
             "framesSent": self.frames_sent,
+            "symbolFramesSent": self.symbol_frames_sent,
             "marketTicks": self.market.ticks,
             "frozen": self.market.frozen,
             "restRequests": self.rest_requests,
+            "exchangeInfoRequests": self.exchange_info_requests,
+            "restRequestsByPath": dict(self.rest_by_path),
+            "restWeight": self.rest_weight_total,
+            "restWeightLastMinute": sum(w for _, w in self.rest_weight_window),
             "symbolCount": self.market.symbol_count,
             "perpetualCount": self.market.perpetual_count,
-            "shardSizes": [len(shard) for shard in self.market.shards],
+            "arrayPerpetualCount": universe["counts"]["arrayPerpetuals"],
+            "tradfiCount": universe["counts"]["tradfi"],
+            "universeCounts": universe["counts"],
+            "universeVersion": self.market.version,
+            "limits": self.limits.as_dict(),
+            "streamsPerConnection": {str(info.number): len(info.subscriptions) for info in self.connections.values()},
+            "shardSizes": [len(shard) for shard in self.market.array_shards],
             "seed": self.market.seed,
             "port": self.port,
             "uptimeSeconds": round(time.monotonic() - self.started_at, 3),
@@ -686,7 +1016,7 @@ def _write_port_file(path: str, port: int) -> None:
 
 
 async def run(config: argparse.Namespace) -> int:
-    market = Market(config.seed, config.symbols, _now_ms())
+    market = Market(config.seed, config.symbols, _now_ms(), config.tradfi)
     simulator = Simulator(config, market, FaultState())
     for name, params in config.fault:
         simulator.apply_fault(name, params, "command line")
@@ -708,10 +1038,11 @@ async def run(config: argparse.Namespace) -> int:
     if config.port_file:
         _write_port_file(config.port_file, simulator.port)
     LOG.info(
-        "listening on http://%s:%d (ws://%s:%d/market/stream?streams=!markPrice@arr): %d contracts, %d perpetuals, "
-        "shards %s, pushes every %gs (@1s: %gs), pings every %ss, seed %d",
+        "listening on http://%s:%d (ws://%s:%d/market/stream?streams=!markPrice@arr): %d contracts, %d TRADING "
+        "perpetuals (%d TradFi), array shards %s, pushes every %gs (@1s: %gs), pings every %ss, seed %d",
         config.host, simulator.port, config.host, simulator.port, market.symbol_count, market.perpetual_count,
-        [len(shard) for shard in market.shards], config.push_interval, config.fast_push_interval,
+        market.universe()["counts"]["tradfi"], [len(shard) for shard in market.array_shards], config.push_interval,
+        config.fast_push_interval,
         config.ping_interval, config.seed,
     )
 
@@ -726,6 +1057,8 @@ async def run(config: argparse.Namespace) -> int:
     ]
     await stop.wait()
     LOG.info("stopping: closing %d connections", len(simulator.connections))
+    if simulator.stopping is not None:
+        simulator.stopping.set()
     for task in tasks:
         task.cancel()
     server.close()

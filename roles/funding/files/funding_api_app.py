@@ -4,8 +4,8 @@ Endpoints (JSON unless noted; every JSON response has Cache-Control: no-store):
   GET /                      service, version, endpoints
   GET /funding/health        200 healthy / 503 unhealthy, with a `reasons` list
   GET /funding/batch         ?symbols=A,B,C (at most 1000)
-  GET /funding/{symbol}      200 fresh / 404 unknown / 503 stale (body still carries the data)
-  GET /funding               every symbol; ?quote=USDT&sort=fundingRate|-fundingRate|symbol&limit=N
+  GET /funding/{symbol}      200 fresh / 404 unknown or delisted / 503 stale (body still carries the data)
+  GET /funding               every symbol; ?quote=USDT&contractType=..&underlyingType=..&sort=..&limit=N
   GET /metrics               Prometheus text format 0.0.4
 
 `health` and `batch` are endpoints, not symbols: /funding/health and
@@ -19,8 +19,17 @@ current WebSocket connection has been up, 0 while disconnected), plus
 `reasons`, each starting with a stable code: "state_file:" (missing,
 unreadable or corrupt; the last good state is still served and
 `servingLastGoodState` is true), "disconnected:", "no_symbols:", "stale:"
-(newest data older than FUNDING_STALE_SECONDS); plus stateFileError,
-staleThresholdSeconds, stateUpdatedAt, stateLoadedAt, apiUptimeSeconds.
+(newest data older than FUNDING_STALE_SECONDS), "coverage:" (fewer than 99 %
+of the universe's perpetuals with fresh data for longer than
+FUNDING_COVERAGE_GRACE_SECONDS); plus stateFileError, staleThresholdSeconds,
+stateUpdatedAt, stateLoadedAt, apiUptimeSeconds, and the coverage of the
+contract universe: expectedSymbolCount (null while the universe is unknown),
+missingSymbolCount, missingSymbols (at most 20 names), tradifiSymbolCount,
+universeKnown, universeFetchedAt, and `warnings` ("universe_unknown:" while the
+daemon has no universe: it then serves what the streams bring; not a 503).
+
+/funding/{symbol} of a symbol that left the universe (or expired without one)
+in the last 7 days answers 404 {"error": "delisted", "delistedAt": epoch s}.
 
 Stale entries in /funding/batch and /funding: the answer stays 200 (a partial
 answer is still an answer), each entry carries ageSeconds, and their names are
@@ -28,6 +37,8 @@ listed in `staleSymbols`, so a caller can drop them; only /funding/{symbol}
 answers 503 for one stale symbol, as the seed did.
 
 /funding: `quote` keeps symbols whose name ends with it (USDT, USDC, ...);
+`contractType` and `underlyingType` keep the records of that type (an unknown
+value is 400 with the known ones listed);
 sort is by symbol unless asked (symbols without a rate sort last); `limit`
 keeps the first N; `count` is what was returned, `matched` what passed the
 filter, `total` every symbol; `fundingIntervalHours` appears where the state
@@ -80,6 +91,7 @@ MAX_BODY_BYTES = 16 * 1024
 SYMBOL_RE = re.compile(r"[A-Za-z0-9_]{1,40}")
 QUOTE_RE = re.compile(r"[A-Za-z0-9]{1,12}")
 LIMIT_RE = re.compile(r"[0-9]{1,7}")
+TYPE_RE = re.compile(r"[A-Za-z_]{1,40}")
 RESERVED_NAMES = frozenset({"HEALTH", "BATCH"})
 MAX_BATCH_SYMBOLS = 1000
 # 1000 symbols of 40 characters, comma-separated (41 KB), fit; Granian refuses a request target of 64 KiB itself.
@@ -99,9 +111,10 @@ UNMATCHED_ROUTE = "other"
 ENDPOINTS = {
     "/": "this document",
     "/funding/health": "service health: 200 healthy, 503 unhealthy with reasons",
-    "/funding/{symbol}": "one symbol: 200, 404 unknown, 503 stale",
+    "/funding/{symbol}": "one symbol: 200, 404 unknown or delisted, 503 stale",
     "/funding/batch?symbols=A,B,C": "several symbols (at most %d)" % MAX_BATCH_SYMBOLS,
-    "/funding?quote=USDT&sort=fundingRate|-fundingRate|symbol&limit=N": "every symbol, filtered and sorted",
+    "/funding?quote=USDT&contractType=TRADIFI_PERPETUAL&underlyingType=EQUITY&sort=fundingRate|-fundingRate|symbol"
+    "&limit=N": "every symbol, filtered and sorted",
     "/metrics": "Prometheus metrics",
 }
 
@@ -117,6 +130,10 @@ def echo(text: str) -> str:
     return text if len(text) <= MAX_ECHO_CHARS else text[:MAX_ECHO_CHARS] + "..."
 
 
+def utc_text(epoch_seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch_seconds))
+
+
 def normalise_symbol(text: str) -> Optional[str]:
     return text.upper() if SYMBOL_RE.fullmatch(text) else None
 
@@ -125,13 +142,15 @@ def normalise_symbol(text: str) -> Optional[str]:
 class ApiConfig:
     stale_seconds: float = 180.0
     disconnect_grace_seconds: float = 15.0
+    coverage_grace_seconds: float = 120.0
     max_data_age_seconds: float = 60.0
     clock: Callable[[], float] = time.time
     started_at: float = field(default_factory=time.time)
 
     @property
     def health_rules(self) -> HealthRules:
-        return HealthRules(self.stale_seconds, self.disconnect_grace_seconds, self.max_data_age_seconds)
+        return HealthRules(self.stale_seconds, self.disconnect_grace_seconds, self.max_data_age_seconds,
+                           self.coverage_grace_seconds)
 
 
 @dataclass
@@ -143,6 +162,7 @@ class Health:
 def evaluate_health(view: Optional[SnapshotView], snapshot: StateSnapshot, now: float, config: ApiConfig) -> Health:
     verdict = funding_health.judge(view.feed if view else None, snapshot.error, now, config.health_rules)
     status = view.connection_status if view else {}
+    expected = verdict.expected_count
     last_connected = status.get("last_connected_time")
     connected_for = 0.0
     if view is not None and view.connected and view.status_number("last_connected_time") is not None:
@@ -162,6 +182,12 @@ def evaluate_health(view: Optional[SnapshotView], snapshot: StateSnapshot, now: 
         "newestDataAgeSeconds": None if newest is None else round(newest, 3),
         "reasons": list(verdict.reasons),
         "warnings": list(verdict.warnings),
+        "expectedSymbolCount": expected,
+        "missingSymbolCount": len(verdict.missing) if expected is not None else None,
+        "missingSymbols": list(verdict.missing[:funding_health.MISSING_NAMES_SHOWN]),
+        "tradifiSymbolCount": view.tradifi_count() if view is not None and expected is not None else None,
+        "universeKnown": expected is not None,
+        "universeFetchedAt": status.get("universe_fetched_at"),
         "staleThresholdSeconds": config.stale_seconds,
         "stateFileError": snapshot.error,
         "servingLastGoodState": bool(snapshot.error is not None and view is not None),
@@ -285,6 +311,11 @@ def build_app(views: StateViews, config: ApiConfig, counter: RequestCounter) -> 
             return unavailable(snapshot)
         record = view.records.get(name)
         if record is None:
+            delisted_at = view.delisted.get(name)
+            if delisted_at is not None:
+                return _reply(404, error_body(
+                    404, "delisted", "%s was delisted at %s: Binance no longer trades it as a perpetual"
+                    % (name, utc_text(delisted_at)), symbol=name, delistedAt=delisted_at))
             return _reply(404, error_body(404, "not_found", "symbol %s not found" % name, symbol=name))
         now = config.clock()
         age = record.age(now)
@@ -310,6 +341,13 @@ def build_app(views: StateViews, config: ApiConfig, counter: RequestCounter) -> 
         quote_text = query.get("quote") or ""
         if quote_text and not QUOTE_RE.fullmatch(quote_text):
             return _reply(400, error_body(400, "bad_quote", "quote must match [A-Z0-9]{1,12}, e.g. USDT"))
+        type_filters = {}
+        for param, attribute in (("contractType", "contract_type"), ("underlyingType", "underlying_type")):
+            text = query.get(param) or ""
+            if text:
+                if not TYPE_RE.fullmatch(text):
+                    return _reply(400, error_body(400, "bad_%s" % param, "%s must match [A-Z_]{1,40}" % param))
+                type_filters[attribute] = (param, text.upper())
         limit_text = query.get("limit") or ""
         limit: Optional[int] = None
         if limit_text:
@@ -319,7 +357,14 @@ def build_app(views: StateViews, config: ApiConfig, counter: RequestCounter) -> 
         view, snapshot = views.current()
         if view is None:
             return unavailable(snapshot)
+        for attribute, (param, value) in type_filters.items():
+            known = view.contract_types if attribute == "contract_type" else view.underlying_types
+            if value not in known:
+                return _reply(400, error_body(400, "bad_%s" % param, "unknown %s %r; known: %s"
+                                              % (param, echo(value), ", ".join(sorted(known)))))
         records = view.sorted_records(sort)
+        for attribute, (_param, value) in type_filters.items():
+            records = [r for r in records if getattr(r, attribute) == value]
         quote = quote_text.upper()
         if quote:
             records = [r for r in records if r.symbol.endswith(quote)]
@@ -352,6 +397,7 @@ def build_app(views: StateViews, config: ApiConfig, counter: RequestCounter) -> 
             counter=counter,
             now=now,
             started_at=config.started_at,
+            stale_seconds=config.stale_seconds,
         )
         return _reply(200, body, METRICS_CONTENT_TYPE)
 

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Iterable, List, Optional, Tuple
 
 if TYPE_CHECKING:  # the API's supervisor imports this module for the counters alone
     from funding_api_view import SnapshotView, StateViews
+from funding_state import IGNORED_STATUS_PREFIX
+from funding_universe import IGNORE_REASONS
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -216,6 +218,7 @@ def render_metrics(
     counter: RequestCounter,
     now: float,
     started_at: float,
+    stale_seconds: float = 180.0,
 ) -> bytes:
     out = _Exposition()
     oldest, newest = view.data_ages(now) if view else (None, None)
@@ -224,6 +227,15 @@ def render_metrics(
     out.single("funding_api_healthy", "gauge", "1 when /funding/health answers 200, else 0.", 1 if healthy else 0)
     out.single("funding_api_uptime_seconds", "gauge", "Seconds since this API process started.", now - started_at)
     out.single("funding_symbols", "gauge", "Symbols in the state being served.", view.count if view else 0)
+    expected = view.expected_count if view else None
+    missing = len(view.missing_symbols(now, stale_seconds)) if view is not None and expected is not None else None
+    out.single("funding_symbols_expected", "gauge",
+               "Perpetuals Binance trades (the daemon's contract universe); absent while it is unknown.", expected)
+    out.single("funding_symbols_served", "gauge", "Perpetuals of the universe served with fresh data.",
+               expected - missing if expected is not None and missing is not None else None)
+    out.single("funding_symbols_missing", "gauge", "Perpetuals of the universe without fresh data.", missing)
+    out.single("funding_universe_known", "gauge", "1 when the daemon knows the contract universe.",
+               (1 if expected is not None else 0) if view else None)
     out.single("funding_oldest_data_age_seconds", "gauge", "Age of the least recently updated symbol.", oldest)
     out.single("funding_newest_data_age_seconds", "gauge", "Age of the most recently updated symbol.", newest)
     out.single("funding_state_age_seconds", "gauge", "Seconds since the daemon wrote the served state.", state_age)
@@ -269,6 +281,36 @@ def render_metrics(
         "counter",
         "Symbol items the daemon rejected as invalid.",
         status("items_rejected"),
+    )
+    out.family(
+        "funding_daemon_items_ignored_total",
+        "counter",
+        "Stream rows the daemon ignored because their symbol is not a TRADING perpetual of the universe, by reason.",
+        [('reason="%s"' % reason, status(IGNORED_STATUS_PREFIX + reason)) for reason in IGNORE_REASONS],
+    )
+    out.single(
+        "funding_daemon_symbol_streams",
+        "gauge",
+        "Per-symbol streams subscribed (and acknowledged) to fill the all-market array's gaps.",
+        status("symbol_streams"),
+    )
+    out.single(
+        "funding_daemon_stream_connections",
+        "gauge",
+        "Open serving WebSocket connections (the all-market one plus one per 1024 overflow streams).",
+        status("stream_connections"),
+    )
+    out.single(
+        "funding_daemon_subscribe_errors_total",
+        "counter",
+        "SUBSCRIBE/UNSUBSCRIBE requests refused or unanswered.",
+        status("subscribe_errors"),
+    )
+    out.single(
+        "funding_daemon_universe_errors_total",
+        "counter",
+        "exchangeInfo requests that failed or answered garbage.",
+        status("universe_errors"),
     )
     out.single(
         "funding_daemon_connections_opened_total",

@@ -56,8 +56,9 @@ S = funding_settings
 HOST = S.API_HOST
 PORT = S.API_PORT
 SETTINGS = (
-    HOST, PORT, S.STATE_FILE, S.STALE_SECONDS, S.DISCONNECT_GRACE, S.MAX_MESSAGE_AGE, S.API_WORKERS, S.API_STATE_POLL,
-    S.API_HEADER_TIMEOUT, S.API_MAX_STREAMS, S.API_STREAM_SEND_TIMEOUT, S.LOG_LEVEL,
+    HOST, PORT, S.STATE_FILE, S.STALE_SECONDS, S.DISCONNECT_GRACE, S.MAX_MESSAGE_AGE, S.COVERAGE_GRACE_SECONDS,
+    S.API_WORKERS, S.API_STATE_POLL, S.API_HEADER_TIMEOUT, S.API_MAX_STREAMS, S.API_STREAM_SEND_TIMEOUT,
+    S.LOG_LEVEL,
 )
 
 BACKLOG = 1024
@@ -83,6 +84,7 @@ class WorkerSettings:
     state_file: str
     stale_seconds: float
     disconnect_grace_seconds: float
+    coverage_grace_seconds: float
     max_data_age_seconds: float
     poll_seconds: float
     log_level: str
@@ -123,6 +125,7 @@ def build_worker_app(settings: WorkerSettings, worker_id: int) -> Callable[..., 
     config = ApiConfig(
         stale_seconds=settings.stale_seconds,
         disconnect_grace_seconds=settings.disconnect_grace_seconds,
+        coverage_grace_seconds=settings.coverage_grace_seconds,
         max_data_age_seconds=settings.max_data_age_seconds,
         started_at=settings.started_at,
     )
@@ -468,6 +471,7 @@ def worker_settings(values: Dict[str, Any], counters_path: str, started_at: floa
         state_file=values[funding_settings.STATE_FILE.env],
         stale_seconds=values[funding_settings.STALE_SECONDS.env],
         disconnect_grace_seconds=values[funding_settings.DISCONNECT_GRACE.env],
+        coverage_grace_seconds=values[funding_settings.COVERAGE_GRACE_SECONDS.env],
         max_data_age_seconds=values[funding_settings.MAX_MESSAGE_AGE.env],
         poll_seconds=values[funding_settings.API_STATE_POLL.env],
         log_level=values[funding_settings.LOG_LEVEL.env],

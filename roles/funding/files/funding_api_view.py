@@ -18,15 +18,16 @@ import threading
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import funding_json
+import funding_universe
 from funding_health import FeedSnapshot
-from funding_state import StateReader, StateSnapshot, finite_number
+from funding_state import StateReader, StateSnapshot, delisted_of, finite_number, universe_of
 
 log = logging.getLogger("funding_api")
 
 # The keys of funding_state.SYMBOL_RECORD_FIELDS an answer carries, in the seed's order (symbol first, updatedAt
 # and the per-request ageSeconds last); eventTime stays internal.
 RECORD_KEYS = ("markPrice", "fundingRate", "nextFundingTime", "indexPrice")
-OPTIONAL_RECORD_KEYS = ("fundingIntervalHours",)
+OPTIONAL_RECORD_KEYS = ("fundingIntervalHours", "contractType", "underlyingType")
 # Values orjson encodes as themselves (a non-finite float becomes null, which is what the API promises).
 _PLAIN_TYPES = frozenset((float, int, str, bool, type(None)))
 
@@ -60,13 +61,24 @@ def age_text(now: float, updated_at: float) -> bytes:
 class SymbolRecord:
     """One symbol, encoded once: `head` is the JSON object without its closing brace and ageSeconds."""
 
-    __slots__ = ("funding_rate", "head", "symbol", "updated_at")
+    __slots__ = ("contract_type", "funding_rate", "head", "symbol", "underlying_type", "updated_at")
 
-    def __init__(self, symbol: str, updated_at: float, funding_rate: Optional[float], head: bytes) -> None:
+    def __init__(
+        self,
+        symbol: str,
+        updated_at: float,
+        funding_rate: Optional[float],
+        head: bytes,
+        *,
+        contract_type: Optional[str] = None,
+        underlying_type: Optional[str] = None,
+    ) -> None:
         self.symbol = symbol
         self.updated_at = updated_at
         self.funding_rate = funding_rate
         self.head = head
+        self.contract_type = contract_type
+        self.underlying_type = underlying_type
 
     def age(self, now: float) -> float:
         return max(0.0, now - self.updated_at)
@@ -85,11 +97,12 @@ def _seed_document(symbol: str, record: Mapping[str, Any]) -> Dict[str, Any]:
         "nextFundingTime": get("nextFundingTime"),
         "indexPrice": get("indexPrice"),
     }
-    if "fundingIntervalHours" in record:
-        document["fundingIntervalHours"] = record["fundingIntervalHours"]
+    for key in OPTIONAL_RECORD_KEYS:
+        if key in record:
+            document[key] = record[key]
     document["updatedAt"] = record["updatedAt"]
     plain = _PLAIN_TYPES
-    if type(document["nextFundingTime"]) not in plain or type(document.get("fundingIntervalHours")) not in plain:
+    if any(type(value) not in plain for value in document.values()):
         document = {key: json_scalar(value) for key, value in document.items()}
     return document
 
@@ -134,7 +147,16 @@ def build_records(funding_state: Mapping[str, Mapping[str, Any]]) -> Dict[str, S
         if type(rate) is not float or not isfinite(rate):
             rate = finite_number(rate)
         symbol = document["symbol"]
-        records[symbol] = SymbolRecord(symbol, float(document["updatedAt"]), rate, head)
+        contract_type = document.get("contractType")
+        underlying_type = document.get("underlyingType")
+        records[symbol] = SymbolRecord(
+            symbol,
+            float(document["updatedAt"]),
+            rate,
+            head,
+            contract_type=contract_type if isinstance(contract_type, str) else None,
+            underlying_type=underlying_type if isinstance(underlying_type, str) else None,
+        )
     return records
 
 
@@ -181,8 +203,32 @@ class SnapshotView:
         status = payload["connection_status"]
         self.connected = status.get("connected") is True
         self.connection_status: Dict[str, Any] = {key: json_scalar(value) for key, value in status.items()}
-        self.feed = FeedSnapshot(self.connection_status, self.count, self.oldest_updated_at, self.newest_updated_at)
         self._sorted: Dict[str, List[SymbolRecord]] = {}
+        # The universe (issue 12): None while the daemon has not fetched one.
+        self.universe = universe_of(payload)
+        self.feed = FeedSnapshot(
+            self.connection_status, self.count, self.oldest_updated_at, self.newest_updated_at,
+            universe=frozenset(self.universe) if self.universe is not None else None,
+            updated_at={symbol: record.updated_at for symbol, record in self.records.items()},
+        )
+        self.delisted = delisted_of(payload)
+        self.contract_types = frozenset(funding_universe.KNOWN_CONTRACT_TYPES) | frozenset(
+            c.get("contractType") for c in (self.universe or {}).values() if isinstance(c.get("contractType"), str))
+        self.underlying_types = frozenset(funding_universe.KNOWN_UNDERLYING_TYPES) | frozenset(
+            c.get("underlyingType") for c in (self.universe or {}).values()
+            if isinstance(c.get("underlyingType"), str) and c.get("underlyingType"))
+
+    @property
+    def expected_count(self) -> Optional[int]:
+        return len(self.universe) if self.universe is not None else None
+
+    def missing_symbols(self, now: float, stale_seconds: float) -> List[str]:
+        """Universe symbols without data newer than stale_seconds (sorted); [] without a universe."""
+        return self.feed.missing_symbols(now, stale_seconds)
+
+    def tradifi_count(self) -> int:
+        return sum(1 for c in (self.universe or {}).values()
+                   if c.get("contractType") == funding_universe.TRADIFI_CONTRACT_TYPE)
 
     def status_number(self, key: str) -> Optional[float]:
         return finite_number(self.connection_status.get(key))

@@ -113,7 +113,8 @@ STATE_FILE = Setting("FUNDING_STATE_FILE", DEFAULT_STATE_FILE, "path of the shar
 REST_URL = Setting(
     "FUNDING_REST_URL",
     "https://fapi.binance.com",
-    "Binance USDⓈ-M REST base URL (daemon: fundingInfo; monitor: ping and spot check; comparison tool); "
+    "Binance USDⓈ-M REST base URL (daemon: exchangeInfo, the contract universe, and fundingInfo; monitor: ping and "
+    "spot check; comparison tool); "
     "'off' makes no REST calls",
     optional_http_url,
 )
@@ -133,6 +134,31 @@ STALE_SECONDS = Setting(
     "180",
     "data older than this is stale (API: 503; monitor: a warning per stale symbol)",
     positive_float,
+)
+UNIVERSE_REFRESH_SECONDS = Setting(
+    "FUNDING_UNIVERSE_REFRESH_SECONDS",
+    "600",
+    "how often the contract universe (REST exchangeInfo, weight 1) is fetched again (+-10 % jitter)",
+    positive_float,
+)
+ARRAY_GRACE_SECONDS = Setting(
+    "FUNDING_ARRAY_GRACE_SECONDS",
+    "6",
+    "a universe symbol the all-market array has not delivered this long after connecting (or after its listing) "
+    "gets its own <symbol>@markPrice@1s stream",
+    positive_float,
+)
+SYMBOL_EXPIRE_SECONDS = Setting(
+    "FUNDING_SYMBOL_EXPIRE_SECONDS",
+    "3600",
+    "without a universe, a symbol no stream carried for this long is removed (and answers 404 delisted)",
+    positive_float,
+)
+COVERAGE_GRACE_SECONDS = Setting(
+    "FUNDING_COVERAGE_GRACE_SECONDS",
+    "120",
+    "coverage of the universe under 99 % for longer than this (and this long after the daemon started) is unhealthy",
+    non_negative_float,
 )
 MAX_MESSAGE_AGE = Setting(
     "FUNDING_MAX_MESSAGE_AGE_SECONDS", "60", "no market data for longer than this is unhealthy", positive_float
