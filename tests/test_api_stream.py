@@ -236,6 +236,14 @@ def test_contract_type_filter_selects_exactly_the_records_served_with_that_contr
         reader.close()
 
 
+def test_a_contract_type_the_state_does_not_know_is_400_like_on_funding(stream_api, symbols):
+    listing = stream_api.get("/funding?contractType=NOSUCH_TYPE")
+    assert listing.status == 400
+    reply = stream_api.get("/funding/stream?contractType=NOSUCH_TYPE")
+    body = assert_json_error(reply, 400)
+    assert body["error"] == "bad_contract_type" and "PERPETUAL" in body["detail"]
+
+
 @pytest.mark.parametrize(
     "query, error",
     [
