@@ -91,8 +91,8 @@ class WorkerSettings:
     header_timeout: int
     counters_path: str
     started_at: float
-    max_streams: int
-    stream_send_timeout_seconds: float
+    max_streams: int = 64  # defaults, so fields added later by others with defaults may go before or after
+    stream_send_timeout_seconds: float = 10.0
 
 
 # --- a worker process ---------------------------------------------------------------------------------------------
