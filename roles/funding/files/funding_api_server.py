@@ -91,8 +91,11 @@ class WorkerSettings:
     header_timeout: int
     counters_path: str
     started_at: float
-    max_streams: int = 64  # defaults, so fields added later by others with defaults may go before or after
-    stream_send_timeout_seconds: float = 10.0
+    # With defaults (the settings' own), so that other fields with defaults may come before or after them.
+    max_streams: int = funding_settings.API_MAX_STREAMS.parse(funding_settings.API_MAX_STREAMS.default)
+    stream_send_timeout_seconds: float = funding_settings.API_STREAM_SEND_TIMEOUT.parse(
+        funding_settings.API_STREAM_SEND_TIMEOUT.default
+    )
 
 
 # --- a worker process ---------------------------------------------------------------------------------------------
