@@ -8,6 +8,7 @@ No tests live here.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -287,3 +288,26 @@ def free_port() -> Tuple[socket.socket, int]:
     sock.bind(("127.0.0.1", 0))
     sock.listen(1)
     return sock, sock.getsockname()[1]
+
+
+def call(app, path, query="", method="GET"):
+    """One request straight into a WSGI app: (status, headers, body)."""
+    environ = {
+        "REQUEST_METHOD": method,
+        "PATH_INFO": path,
+        "QUERY_STRING": query,
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "8888",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(b""),
+        "wsgi.errors": io.StringIO(),
+    }
+    started = {}
+
+    def start_response(status, headers, exc_info=None):
+        started["status"] = status
+        started["headers"] = dict(headers)
+
+    body = b"".join(app(environ, start_response))
+    return int(started["status"][:3]), started["headers"], body

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -23,34 +22,13 @@ from test_api_support import (
     SERVER,
     Reply,
     assert_json_error,
+    call,
     free_port,
     fresh_symbols,
     record,
     start_api,
     write_state,
 )
-
-
-def call(app, path, query="", method="GET"):
-    environ = {
-        "REQUEST_METHOD": method,
-        "PATH_INFO": path,
-        "QUERY_STRING": query,
-        "SERVER_NAME": "127.0.0.1",
-        "SERVER_PORT": "8888",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "wsgi.url_scheme": "http",
-        "wsgi.input": io.BytesIO(b""),
-        "wsgi.errors": io.StringIO(),
-    }
-    started = {}
-
-    def start_response(status, headers, exc_info=None):
-        started["status"] = status
-        started["headers"] = dict(headers)
-
-    body = b"".join(app(environ, start_response))
-    return int(started["status"][:3]), started["headers"], body
 
 
 @pytest.fixture

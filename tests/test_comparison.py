@@ -256,3 +256,10 @@ def test_help_lists_the_settings(compare):
     for setting in comparison_module.SETTINGS:
         assert setting.env in result.stdout
     assert "--limit" in result.stdout and "--json" in result.stdout
+
+
+def test_rest_url_off_is_a_clear_cannot_compare_not_a_configuration_error(compare):
+    compare.write(daemon_state({}, now=time.time()))
+    result = compare.run(FUNDING_REST_URL="off")
+    assert result.returncode == 2
+    assert "FUNDING_REST_URL is off" in result.stdout and "invalid configuration" not in result.stderr

@@ -324,30 +324,6 @@ def test_a_price_stored_as_the_funding_rate_is_an_error_whatever_the_timestamps(
     assert result.returncode == 1
 
 
-@pytest.mark.parametrize(
-    ("rest", "local", "gap", "expected"),
-    [
-        (0.0001, 0.0001, 0.0, "match"),
-        (0.0001, 0.00010005, 30.0, "match"),
-        (0.0001, 0.00012, 3.0, "moved"),
-        (0.0001, 0.00012, 0.5, "mismatch"),
-        (0.0001, 0.00012, None, "mismatch"),
-        (0.0001, 0.0009, 3.0, "wrong"),
-        (0.0001, 90000.0, 3.0, "wrong"),
-        (None, 0.0001, 0.0, "missing"),
-        (0.0001, None, 0.0, "missing"),
-    ],
-)
-def test_funding_rate_rules(rest, local, gap, expected):
-    assert monitor_module.judge_funding_rate(rest, local, gap, 1.0) == expected
-
-
-@pytest.mark.parametrize(("percent", "expected"), [(0.0, "ok"), (0.099, "ok"), (0.1, "warning"), (1.0, "warning"),
-                                                   (1.01, "error"), (2.0, "error")])
-def test_mark_price_rules(percent, expected):
-    assert monitor_module.judge_price(percent, 0.1, 1.0) == expected
-
-
 # --------------------------------------------------------------------------- REST failures
 
 
@@ -604,6 +580,16 @@ def test_sudo_missing_is_a_failed_restart(monitor, systemd, tmp_path):
     missing = str(tmp_path / "bin" / "sudo")
     result, report = monitor.report(FUNDING_SUDO=missing)
     assert "❌ Failed to restart %s: %s not found" % (WS_UNIT, missing) in report["errors"]
+
+
+def test_rest_url_off_skips_the_spot_check_instead_of_refusing_to_run(monitor, systemd):
+    # FUNDING_REST_URL=off is valid for the daemon, and funding.env is shared: the monitor used to exit 2 on it.
+    monitor.write(daemon_state({"BTCUSDT": {"fundingRate": 0.0001, "markPrice": 91000.0, "indexPrice": 91001.0,
+                                            "nextFundingTime": 1764748800000, "eventTime": 1764724344000}}))
+    result, report = monitor.report(FUNDING_REST_URL="off", FUNDING_MIN_SYMBOLS="1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Data quality check skipped: FUNDING_REST_URL is off" in report["info"]
+    assert report["status"] == HEALTHY
 
 
 def test_help_lists_every_setting_and_bad_settings_exit_2(monitor):

@@ -30,11 +30,10 @@ import funding_state
 import funding_systemd
 import requests
 import websocket
-from funding_settings import Setting
 
 PROG = "binance_funding_ws_daemon"
 DESCRIPTION = "Binance USD-M futures funding/mark price WebSocket daemon: keeps the shared state file current."
-DEFAULT_WS_URL = "wss://fstream.binance.com/market/stream?streams=!markPrice@arr"
+DEFAULT_WS_URL = funding_settings.DEFAULT_WS_URL
 MARKET_PATH_PREFIX = "/market/"
 LEGACY_HINT = (
     " - is this the legacy URL? Binance moved market streams to /market (%s)" % DEFAULT_WS_URL
@@ -50,43 +49,11 @@ WRITE_RETRY_SECONDS = 1.0
 log = logging.getLogger(PROG)
 
 
-def optional_http_url(text: str) -> Optional[str]:
-    if text.strip().lower() in ("off", "none", "disabled"):
-        return None
-    return funding_settings.url_with_scheme("http", "https")(text).rstrip("/")
-
-
+S = funding_settings
 SETTINGS = (
-    Setting("FUNDING_WS_URL", DEFAULT_WS_URL, "WebSocket URL of the !markPrice@arr stream (combined or raw)",
-            funding_settings.url_with_scheme("wss", "ws")),
-    funding_settings.STATE_FILE,
-    Setting("FUNDING_NO_DATA_SECONDS", "30",
-            "reconnect when an open connection delivered no markPriceUpdate for this long",
-            funding_settings.positive_float),
-    Setting("FUNDING_RECONNECT_INITIAL_SECONDS", "1", "first reconnect delay (doubles per failed attempt)",
-            funding_settings.positive_float),
-    Setting("FUNDING_RECONNECT_MAX_SECONDS", "60", "longest reconnect delay", funding_settings.positive_float),
-    Setting("FUNDING_HEALTHY_RESET_SECONDS", "5",
-            "seconds of data on one connection after which the reconnect delay starts over",
-            funding_settings.positive_float),
-    Setting("FUNDING_ROTATE_SECONDS", "82800",
-            "replace a connection this old (before Binance's 24 h limit) without a data gap",
-            funding_settings.positive_float),
-    Setting("FUNDING_CONNECT_TIMEOUT_SECONDS", "10", "timeout of the TCP/TLS/WebSocket handshake",
-            funding_settings.positive_float),
-    Setting("FUNDING_WRITE_COALESCE_SECONDS", "0.005",
-            "after a change, wait this long for more before writing the state file once",
-            funding_settings.non_negative_float),
-    Setting("FUNDING_WRITE_HEARTBEAT_SECONDS", "5",
-            "rewrite the state file at least this often (keeps updated_at current)",
-            funding_settings.positive_float),
-    Setting("FUNDING_SUMMARY_SECONDS", "300", "interval of the summary log line", funding_settings.positive_float),
-    Setting("FUNDING_REST_URL", "https://fapi.binance.com",
-            "REST base URL for /fapi/v1/fundingInfo (fundingIntervalHours); 'off' disables it",
-            optional_http_url),
-    Setting("FUNDING_INTERVALS_REFRESH_SECONDS", "3600", "how often fundingInfo is fetched again",
-            funding_settings.positive_float),
-    funding_settings.LOG_LEVEL,
+    S.WS_URL, S.STATE_FILE, S.NO_DATA_SECONDS, S.RECONNECT_INITIAL, S.RECONNECT_MAX, S.HEALTHY_RESET, S.ROTATE_SECONDS,
+    S.CONNECT_TIMEOUT, S.WRITE_COALESCE, S.WRITE_HEARTBEAT, S.SUMMARY_SECONDS, S.REST_URL, S.INTERVALS_REFRESH,
+    S.LOG_LEVEL,
 )
 
 

@@ -45,9 +45,7 @@ traceback, never sent), is a JSON object {"error": code, "detail": message,
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import re
 import sys
 import time
@@ -55,10 +53,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import bottle
+import funding_health
 from funding_api_metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from funding_api_metrics import RequestCounter, render_metrics
 from funding_api_view import SORT_KEYS, SnapshotView, StateViews, age_text, encode_records
-from funding_state import StateSnapshot, disconnected_for
+from funding_health import HealthRules
+from funding_json import dumps
+from funding_state import StateSnapshot
 
 log = logging.getLogger("funding_api")
 
@@ -98,10 +99,6 @@ ENDPOINTS = {
 }
 
 
-def dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), allow_nan=False).encode("utf-8")
-
-
 def error_body(status: int, error: str, detail: str, **extra: Any) -> bytes:
     body: Dict[str, Any] = {"error": error, "detail": detail, "status": status}
     body.update(extra)
@@ -121,8 +118,13 @@ def normalise_symbol(text: str) -> Optional[str]:
 class ApiConfig:
     stale_seconds: float = 180.0
     disconnect_grace_seconds: float = 15.0
+    max_data_age_seconds: float = 60.0
     clock: Callable[[], float] = time.time
     started_at: float = field(default_factory=time.time)
+
+    @property
+    def health_rules(self) -> HealthRules:
+        return HealthRules(self.stale_seconds, self.disconnect_grace_seconds, self.max_data_age_seconds)
 
 
 @dataclass
@@ -132,29 +134,18 @@ class Health:
 
 
 def evaluate_health(view: Optional[SnapshotView], snapshot: StateSnapshot, now: float, config: ApiConfig) -> Health:
-    reasons: List[str] = []
-    oldest, newest = view.data_ages(now) if view else (None, None)
-    if snapshot.error is not None:
-        served = "serving the last good state" if view else "no state to serve"
-        reasons.append("state_file: %s; %s" % (snapshot.error, served))
-    # A reconnect (a drop, Binance's 24 h close) takes a second or two and the data stays fresh meanwhile.
-    down_for = disconnected_for(view.connection_status, now) if view is not None else None
-    if down_for is not None and down_for > config.disconnect_grace_seconds:
-        since = "" if down_for == math.inf else " for %.0f s" % down_for
-        reasons.append("disconnected: the daemon reports its WebSocket disconnected%s" % since)
-    if view is None or view.count == 0:
-        reasons.append("no_symbols: there are no symbols to serve")
-    if newest is not None and newest > config.stale_seconds:
-        reasons.append("stale: newest data is %.1f s old (threshold %g s)" % (newest, config.stale_seconds))
+    verdict = funding_health.judge(view.feed if view else None, snapshot.error, now, config.health_rules)
     status = view.connection_status if view else {}
     last_connected = status.get("last_connected_time")
     connected_for = 0.0
     if view is not None and view.connected and view.status_number("last_connected_time") is not None:
         connected_for = max(0.0, now - float(last_connected))
+    oldest, newest = verdict.oldest_age, verdict.newest_age
     body = {
-        "status": "unhealthy" if reasons else "healthy",
+        # The seed's two values: a degraded feed is still served (200) and says why in `warnings`.
+        "status": "healthy" if verdict.healthy else "unhealthy",
         "websocketConnected": bool(view and view.connected),
-        "reconnecting": down_for is not None and down_for <= config.disconnect_grace_seconds,
+        "reconnecting": verdict.reconnecting,
         "symbolCount": view.count if view else 0,
         "uptimeSeconds": round(connected_for, 3),
         "lastConnectedTime": last_connected,
@@ -162,7 +153,8 @@ def evaluate_health(view: Optional[SnapshotView], snapshot: StateSnapshot, now: 
         "reconnectAttempts": status.get("reconnect_attempts", 0),
         "oldestDataAgeSeconds": None if oldest is None else round(oldest, 3),
         "newestDataAgeSeconds": None if newest is None else round(newest, 3),
-        "reasons": reasons,
+        "reasons": list(verdict.reasons),
+        "warnings": list(verdict.warnings),
         "staleThresholdSeconds": config.stale_seconds,
         "stateFileError": snapshot.error,
         "servingLastGoodState": bool(snapshot.error is not None and view is not None),
@@ -170,7 +162,7 @@ def evaluate_health(view: Optional[SnapshotView], snapshot: StateSnapshot, now: 
         "stateLoadedAt": view.loaded_at if view else None,
         "apiUptimeSeconds": round(max(0.0, now - config.started_at), 3),
     }
-    return Health(not reasons, body)
+    return Health(verdict.healthy, body)
 
 
 def _object_with_data(data: List[bytes], rest: Dict[str, Any]) -> bytes:

@@ -28,7 +28,6 @@ import funding_systemd
 from funding_api_app import JSON_HEADERS, ApiConfig, build_app, error_body
 from funding_api_metrics import RequestCounter
 from funding_api_view import StateViews
-from funding_settings import Setting
 from funding_state import StateReader
 from waitress.channel import HTTPChannel
 from waitress.server import TcpWSGIServer
@@ -38,38 +37,16 @@ PROG = "funding_api_server"
 log = logging.getLogger("funding_api")
 
 
-def port_or_zero(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise ValueError("must be a port from 1 to 65535 (0 picks a free one)")
-    return value
-
-
-HOST = Setting("FUNDING_API_HOST", "127.0.0.1", "address to listen on (keep it on loopback)")
-PORT = Setting("FUNDING_API_PORT", "8888", "TCP port to listen on (0 picks a free one)", port_or_zero)
-STALE_SECONDS = funding_settings.STALE_SECONDS
-THREADS = Setting(
-    "FUNDING_API_THREADS", "8", "worker threads answering complete requests", funding_settings.positive_int
-)
-CONNECTION_LIMIT = Setting(
-    "FUNDING_API_CONNECTION_LIMIT", "200", "open connections before new ones wait", funding_settings.positive_int
-)
-CHANNEL_TIMEOUT = Setting(
-    "FUNDING_API_CHANNEL_TIMEOUT",
-    "30",
-    "seconds an idle or half-sent connection is kept before it is closed",
-    funding_settings.positive_int,
-)
+S = funding_settings
+HOST = S.API_HOST
+PORT = S.API_PORT
+STALE_SECONDS = S.STALE_SECONDS
+THREADS = S.API_THREADS
+CONNECTION_LIMIT = S.API_CONNECTION_LIMIT
+CHANNEL_TIMEOUT = S.API_CHANNEL_TIMEOUT
 SETTINGS = (
-    HOST,
-    PORT,
-    funding_settings.STATE_FILE,
-    STALE_SECONDS,
-    funding_settings.DISCONNECT_GRACE,
-    THREADS,
-    CONNECTION_LIMIT,
-    CHANNEL_TIMEOUT,
-    funding_settings.LOG_LEVEL,
+    HOST, PORT, S.STATE_FILE, STALE_SECONDS, S.DISCONNECT_GRACE, S.MAX_MESSAGE_AGE, THREADS, CONNECTION_LIMIT,
+    CHANNEL_TIMEOUT, S.LOG_LEVEL,
 )
 
 # A 1000-symbol batch URL is about 41 KB; the application answers 414 above 64 KiB of query,

@@ -9,18 +9,20 @@ remembers state-file errors, so each one is logged and counted once.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import threading
 import time
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
-from funding_state import StateReader, StateSnapshot
+import funding_json
+from funding_health import FeedSnapshot
+from funding_state import StateReader, StateSnapshot, finite_number
 
 log = logging.getLogger("funding_api")
 
-# Seed order of a symbol record; ageSeconds is appended per request.
+# The keys of funding_state.SYMBOL_RECORD_FIELDS an answer carries, in the seed's order (symbol first, updatedAt
+# and the per-request ageSeconds last); eventTime stays internal.
 RECORD_KEYS = ("markPrice", "fundingRate", "nextFundingTime", "indexPrice")
 OPTIONAL_RECORD_KEYS = ("fundingIntervalHours",)
 
@@ -43,13 +45,7 @@ def json_text(value: Any) -> str:
         return repr(value)
     if value is None:
         return "null"
-    return json.dumps(json_scalar(value), allow_nan=False)
-
-
-def finite_number(value: Any) -> Optional[float]:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
+    return funding_json.dumps(json_scalar(value)).decode("utf-8")
 
 
 def age_text(now: float, updated_at: float) -> bytes:
@@ -128,6 +124,7 @@ class SnapshotView:
         status = payload["connection_status"]
         self.connected = status.get("connected") is True
         self.connection_status: Dict[str, Any] = {key: json_scalar(value) for key, value in status.items()}
+        self.feed = FeedSnapshot(self.connection_status, self.count, self.oldest_updated_at, self.newest_updated_at)
         self._sorted: Dict[str, List[SymbolRecord]] = {}
 
     def status_number(self, key: str) -> Optional[float]:

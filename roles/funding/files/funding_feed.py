@@ -21,12 +21,13 @@ Rules (see the reference notes on the real feed):
 
 from __future__ import annotations
 
-import json
-import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, MutableMapping, Optional, Tuple, Union
+
+import funding_json
+from funding_state import SYMBOL_RECORD_FIELDS, RecordField, field_value_ok, finite_number, is_whole_number
 
 MARK_PRICE_EVENT = "markPriceUpdate"
 SYMBOL_PATTERN = re.compile(r"[A-Z0-9_]{1,40}")
@@ -81,22 +82,11 @@ class MergeResult:
 
 def parse_decimal(value: Any) -> Optional[float]:
     """A finite float from a decimal string or a JSON number; None when it is anything else."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        try:
-            number = float(value)
-        except OverflowError:
-            return None
-    elif isinstance(value, float):
-        number = value
-    elif isinstance(value, str):
+    if isinstance(value, str):
         if len(value) > MAX_NUMBER_CHARS or not DECIMAL_PATTERN.fullmatch(value):
             return None
-        number = float(value)
-    else:
-        return None
-    return number if math.isfinite(number) else None
+        return finite_number(float(value))
+    return finite_number(value)
 
 
 def parse_millis(value: Any) -> Optional[int]:
@@ -187,7 +177,7 @@ def parse_frame(raw: Union[str, bytes, bytearray]) -> FrameResult:
     if len(raw) > MAX_FRAME_CHARS:
         return _rejected_frame(result, "oversized frame (%d chars)" % len(raw))
     try:
-        payload = json.loads(raw)
+        payload = funding_json.loads(raw)
     except (ValueError, RecursionError):
         return _rejected_frame(result, "invalid JSON")
     items, reason = _frame_items(payload)
@@ -212,7 +202,7 @@ def _rejected_frame(result: FrameResult, reason: str) -> FrameResult:
 
 def _is_older(update: MarkPriceUpdate, record: Mapping[str, Any], now: float) -> bool:
     stored = record.get("eventTime")
-    if not isinstance(stored, int) or isinstance(stored, bool):
+    if not is_whole_number(stored):
         return False
     if stored > now * 1000 + EVENT_TIME_FUTURE_TOLERANCE_MS:
         return False  # an implausible stored time must not freeze the symbol
@@ -303,10 +293,6 @@ def parse_funding_info(payload: Any) -> Dict[str, int]:
     return intervals
 
 
-_RESTORED_KEYS = ("fundingRate", "markPrice", "indexPrice", "nextFundingTime", "updatedAt", "eventTime",
-                  "fundingIntervalHours")
-
-
 def restore_funding_state(funding_state: Mapping[str, Any]) -> Tuple[Dict[str, Dict[str, Any]], int]:
     """The usable records of a previous (already contract-validated) state file, and how many were dropped.
 
@@ -318,20 +304,17 @@ def restore_funding_state(funding_state: Mapping[str, Any]) -> Tuple[Dict[str, D
         if not isinstance(symbol, str) or not SYMBOL_PATTERN.fullmatch(symbol) or not isinstance(record, dict):
             dropped += 1
             continue
-        mark_price = record.get("markPrice")
-        if not isinstance(mark_price, (int, float)) or isinstance(mark_price, bool) or not (
-            math.isfinite(mark_price) and mark_price > 0
-        ):
+        mark_price = finite_number(record.get("markPrice"))
+        if mark_price is None or mark_price <= 0:
             dropped += 1
             continue
-        restored[symbol] = {key: record[key] for key in _RESTORED_KEYS
-                            if key in record and _restorable(key, record.get(key))}
+        restored[symbol] = {f.key: record[f.key] for f in SYMBOL_RECORD_FIELDS if _restorable(f, record)}
     return restored, dropped
 
 
-def _restorable(key: str, value: Any) -> bool:
-    if value is None:
-        return key == "indexPrice"
-    if key in ("nextFundingTime", "eventTime", "fundingIntervalHours"):
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+def _restorable(field_: RecordField, record: Mapping[str, Any]) -> bool:
+    # A null indexPrice is what Binance's first frames carry; any other null is left out (the next frame sets it).
+    if field_.key not in record:
+        return False
+    value = record[field_.key]
+    return field_value_ok(field_, value) or (value is None and field_.key == "indexPrice")

@@ -15,22 +15,10 @@ Checks, in the seed's order:
   7. binance-funding-api.service is active and /funding/health answers
   8. spot check of one symbol (BTCUSDT) against Binance REST premiumIndex
 
-Spot-check rules. Binance's funding rate is a live predicted rate that moves
-every few seconds, and REST and the stream are read at different moments, so
-each side's timestamp (REST `time`, our `eventTime`) is part of the judgement:
-  - funding rate: a difference below 1e-7 is a match. A difference larger than
-    MAX_PLAUSIBLE_RATE_MOVE (0.0005) is an error whatever the timestamps say
-    (a live rate never moves that far in seconds; think "a price stored as a
-    rate"). A smaller difference is a warning ("the rate moved between the two
-    reads") when the two timestamps are more than FUNDING_SPOT_SAME_MOMENT_SECONDS
-    (0.1 s) apart, and an error when they are not: both sides stamp a value with
-    the time it was published, so (nearly) equal timestamps mean the same
-    publication, which must carry the same rate. The tolerance is kept far below
-    the stream's 1-3 s cadence so that two different publications never count
-    as one.
-  - mark price: under FUNDING_PRICE_WARN_PERCENT (0.1 %) fine, up to
-    FUNDING_PRICE_ERROR_PERCENT (1 %) a warning, above it an error; the line says
-    so when the two timestamps are more than FUNDING_SPOT_TIME_GAP_SECONDS apart.
+Checks 2, 4 (the newest symbol), 5 and 6 are funding_health's verdict on the state file, the one the API's
+/funding/health gives on the same state at the same moment; the spot check's rules are funding_compare's. With
+FUNDING_REST_URL=off the spot check is skipped and an outage cannot be told apart from a stuck daemon, so the
+restart rule below applies without the REST ping.
 
 Recovery rules (never with --no-restart):
   - a unit that is inactive or failed is restarted;
@@ -54,10 +42,8 @@ the sudoers drop-in grants, then wait up to FUNDING_RESTART_WAIT_SECONDS for
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import re
 import subprocess
 import sys
 import time
@@ -65,119 +51,30 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+import funding_health
+import funding_json
 import funding_settings
+from funding_compare import compare_price, judge_funding_rate, local_event_ms
 from funding_rest import BinanceRest, JsonHttpClient, PremiumIndex, RestError
-from funding_settings import Setting
-from funding_state import StateFileError, disconnected_for, read_state, write_state_atomic
+from funding_state import StateFileError, age_seconds, finite_number, read_state, write_state_atomic
 
 PROG = "funding_health_monitor"
 BANNER = "=" * 100
-FUNDING_RATE_MATCH = 1e-7
-MAX_PLAUSIBLE_RATE_MOVE = 0.0005
 RESTART_POLL_SECONDS = 0.5
-UNIT_NAME = re.compile(r"^[A-Za-z0-9:_.@-]+\.service$")
 
-
-def absolute_path(text: str) -> str:
-    if not os.path.isabs(text):
-        raise ValueError("must be an absolute path (the sudoers rule matches it exactly)")
-    return text
-
-
-def unit_name(text: str) -> str:
-    if not UNIT_NAME.match(text):
-        raise ValueError("must be a systemd service name like name.service")
-    return text
-
-
-SETTINGS: Tuple[Setting, ...] = (
-    funding_settings.LOG_LEVEL,
-    funding_settings.STATE_FILE,
-    funding_settings.DISCONNECT_GRACE,
-    Setting("FUNDING_API_URL", "http://127.0.0.1:8888", "base URL of the local funding API",
-            funding_settings.url_with_scheme("http", "https")),
-    Setting("FUNDING_REST_URL", "https://fapi.binance.com", "base URL of Binance USDⓈ-M REST",
-            funding_settings.url_with_scheme("http", "https")),
-    funding_settings.STALE_SECONDS,
-    Setting("FUNDING_MIN_SYMBOLS", "500", "fewer symbols than this is an error", funding_settings.positive_int),
-    Setting("FUNDING_MAX_MESSAGE_AGE_SECONDS", "60", "no market data for longer than this is an error",
-            funding_settings.positive_float),
-    Setting("FUNDING_HTTP_TIMEOUT_SECONDS", "5", "timeout of each HTTP request", funding_settings.positive_float),
-    Setting("FUNDING_SPOT_CHECK_SYMBOL", "BTCUSDT", "symbol compared against Binance REST"),
-    Setting("FUNDING_PRICE_WARN_PERCENT", "0.1", "spot-check mark price difference that is a warning",
-            funding_settings.positive_float),
-    Setting("FUNDING_PRICE_ERROR_PERCENT", "1.0", "spot-check mark price difference that is an error",
-            funding_settings.positive_float),
-    Setting("FUNDING_SPOT_SAME_MOMENT_SECONDS", "0.1", "REST and local values closer than this are the same moment",
-            funding_settings.non_negative_float),
-    Setting("FUNDING_SPOT_TIME_GAP_SECONDS", "5", "REST and local timestamps further apart than this are noted",
-            funding_settings.positive_float),
-    Setting("FUNDING_DAEMON_STUCK_SECONDS", "180",
-            "restart an active daemon only after this long without data (REST reachable)",
-            funding_settings.positive_float),
-    Setting("FUNDING_MAX_RESTARTS", "3", "restarts allowed per unit within the window", funding_settings.positive_int),
-    Setting("FUNDING_RESTART_WINDOW_MINUTES", "30", "window of the restart limit", funding_settings.positive_float),
-    Setting("FUNDING_RESTART_WAIT_SECONDS", "20", "how long to wait for a restarted unit to become active",
-            funding_settings.positive_float),
-    Setting("FUNDING_SYSTEMCTL_TIMEOUT_SECONDS", "30", "timeout of each systemctl/sudo call",
-            funding_settings.positive_float),
-    Setting("FUNDING_SYSTEMCTL", "/usr/bin/systemctl", "absolute path of systemctl", absolute_path),
-    Setting("FUNDING_SUDO", "/usr/bin/sudo", "absolute path of sudo", absolute_path),
-    Setting("FUNDING_MONITOR_STATE_FILE", "/var/lib/binance-funding/monitor-restarts.json",
-            "restart history (JSON, written atomically)", absolute_path),
-    Setting("FUNDING_WS_UNIT", "binance-funding-ws.service", "unit of the WebSocket daemon", unit_name),
-    Setting("FUNDING_API_UNIT", "binance-funding-api.service", "unit of the HTTP API", unit_name),
+S = funding_settings
+SETTINGS = (
+    S.LOG_LEVEL, S.STATE_FILE, S.DISCONNECT_GRACE, S.API_URL, S.REST_URL, S.STALE_SECONDS, S.MIN_SYMBOLS,
+    S.MAX_MESSAGE_AGE, S.HTTP_TIMEOUT, S.SPOT_CHECK_SYMBOL, S.PRICE_WARN_PERCENT, S.PRICE_ERROR_PERCENT,
+    S.SPOT_SAME_MOMENT, S.SPOT_TIME_GAP, S.DAEMON_STUCK, S.MAX_RESTARTS, S.RESTART_WINDOW, S.RESTART_WAIT,
+    S.SYSTEMCTL_TIMEOUT, S.SYSTEMCTL, S.SUDO, S.MONITOR_STATE_FILE, S.WS_UNIT, S.API_UNIT,
 )
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _age(timestamp: Any, now: float) -> Optional[float]:
-    return max(0.0, now - timestamp) if _is_number(timestamp) else None
+# funding_health's reasons this report states in its own (the seed's) words; any other reason is reported as is.
+REPORTED_REASONS = ("state_file", "disconnected", "no_symbols", "no_data")
 
 
 def _clock(epoch_seconds: float) -> str:
     return datetime.fromtimestamp(epoch_seconds).strftime("%H:%M:%S")
-
-
-# --------------------------------------------------------------------------- comparison rules
-# Shared with funding_rest_comparison; see the module docstring for the reasoning.
-
-
-def local_event_ms(record: Mapping[str, Any]) -> Optional[float]:
-    """When our value was true: the stream's event time, else when the daemon stored it."""
-    if _is_number(record.get("eventTime")):
-        return float(record["eventTime"])
-    if _is_number(record.get("updatedAt")):
-        return record["updatedAt"] * 1000.0
-    return None
-
-
-def judge_funding_rate(
-    rest_rate: Optional[float], local_rate: Any, gap_seconds: Optional[float], same_moment_seconds: float
-) -> str:
-    """"match", "moved" (warning), "mismatch" or "wrong" (errors), or "missing"."""
-    if rest_rate is None or not _is_number(local_rate):
-        return "missing"
-    diff = abs(rest_rate - local_rate)
-    if diff < FUNDING_RATE_MATCH:
-        return "match"
-    if diff > MAX_PLAUSIBLE_RATE_MOVE:
-        return "wrong"
-    if gap_seconds is not None and gap_seconds > same_moment_seconds:
-        return "moved"
-    return "mismatch"
-
-
-def judge_price(percent: float, warn_percent: float, error_percent: float) -> str:
-    """"ok" below warn_percent, "warning" up to error_percent, "error" above it."""
-    if percent < warn_percent:
-        return "ok"
-    if percent <= error_percent:
-        return "warning"
-    return "error"
 
 
 # --------------------------------------------------------------------------- report
@@ -315,14 +212,14 @@ class RestartHistory:
         """Read the file; return a warning if it was unusable and has been reset."""
         try:
             with open(self.path, "rb") as handle:
-                payload = json.loads(handle.read())
+                payload = funding_json.loads(handle.read())
         except FileNotFoundError:
             return None
         except (OSError, ValueError, UnicodeDecodeError) as exc:
             return "Restart history %s was unreadable (%s); starting a new one" % (self.path, _short(exc))
         restarts = payload.get("restarts") if isinstance(payload, dict) else None
         if not isinstance(restarts, dict) or not all(
-            isinstance(times, list) and all(_is_number(t) for t in times) for times in restarts.values()
+            isinstance(times, list) and all(finite_number(t) is not None for t in times) for times in restarts.values()
         ):
             return "Restart history %s was not in the expected format; starting a new one" % self.path
         self.restarts = {str(unit): [float(t) for t in times] for unit, times in restarts.items()}
@@ -369,7 +266,8 @@ class HealthMonitor:
         self.systemctl = Systemctl(
             config["FUNDING_SYSTEMCTL"], config["FUNDING_SUDO"], config["FUNDING_SYSTEMCTL_TIMEOUT_SECONDS"]
         )
-        self.rest = BinanceRest(config["FUNDING_REST_URL"], timeout)
+        rest_url = config["FUNDING_REST_URL"]
+        self.rest = BinanceRest(rest_url, timeout) if rest_url is not None else None
         self.api = JsonHttpClient(config["FUNDING_API_URL"], timeout)
         self.history = RestartHistory(
             config["FUNDING_MONITOR_STATE_FILE"], config["FUNDING_RESTART_WINDOW_MINUTES"] * 60
@@ -378,7 +276,8 @@ class HealthMonitor:
         self._rest_ping_error: Optional[str] = None
 
     def close(self) -> None:
-        self.rest.close()
+        if self.rest is not None:
+            self.rest.close()
         self.api.close()
 
     def run(self) -> Report:
@@ -425,16 +324,19 @@ class HealthMonitor:
         except StateFileError as exc:
             self.report.checks["state_file"] = {"path": path, "ok": False, "error": str(exc)}
             self.report.error("Cannot read state file: %s" % exc)
-            facts.no_data_for = _age(_mtime(path), self.now)
+            facts.no_data_for = age_seconds(_mtime(path), self.now)
             return facts
         self.report.checks["state_file"] = {"path": path, "ok": True, "error": None}
         status = payload["connection_status"]
         symbols = payload["funding_state"]
         now = self.now
 
-        down_for = disconnected_for(status, now)
-        # A reconnect (a drop, Binance's 24 h close) takes a second or two: not an error while it lasts.
-        facts.connected = down_for is None or down_for <= c["FUNDING_DISCONNECT_GRACE_SECONDS"]
+        verdict = funding_health.judge(
+            funding_health.FeedSnapshot.from_payload(payload), None, now, funding_health.HealthRules.from_settings(c)
+        )
+        down_for = verdict.disconnected_for
+        # A reconnect (a start, a drop, Binance's 24 h close) takes a second or two: not an error while it lasts.
+        facts.connected = down_for is None or verdict.reconnecting
         if down_for is None:
             self.report.add_info("WebSocket is connected to Binance")
         elif facts.connected:
@@ -451,13 +353,14 @@ class HealthMonitor:
             self.report.error("Only %d symbols tracked (expected at least %d)" % (count, c["FUNDING_MIN_SYMBOLS"]))
 
         messages = status.get("messages_received")
-        if _is_number(messages):
+        if finite_number(messages) is not None:
             self.report.add_info("%d messages processed" % messages)
 
-        # Liveness is accepted market data (last_message_time), not frames (last_data_time): the retired endpoint
-        # sends acks and nothing else, and a poisoned feed sends frames without a usable markPriceUpdate.
-        facts.data_age = _age(status.get("last_message_time"), now)
-        frame_age = _age(status.get("last_data_time"), now)
+        # Liveness is accepted market data (last_message_time, or the newest record a just-restarted daemon loaded),
+        # not frames (last_data_time): the retired endpoint sends acks and nothing else, and a poisoned feed sends
+        # frames without a usable markPriceUpdate.
+        facts.data_age = verdict.data_age
+        frame_age = age_seconds(status.get("last_data_time"), now)
         max_age = c["FUNDING_MAX_MESSAGE_AGE_SECONDS"]
         if facts.data_age is None:
             self.report.error("No messages received yet")
@@ -468,17 +371,20 @@ class HealthMonitor:
             if frame_age is not None and frame_age <= max_age:
                 line += " (the connection still gets other messages, but no market data)"
             self.report.error(line)
+        for reason in verdict.reasons:
+            if reason.split(":", 1)[0] not in REPORTED_REASONS:
+                self.report.error("Feed is unhealthy: %s" % reason)
         # A daemon that is still connecting and reconnecting is healing itself (an outage, a dead endpoint): the
         # clock towards a restart runs from its last data, its start or its last connection attempt, whichever is
         # latest, so a daemon waiting out its backoff when Binance returns is not restarted for the outage.
-        started_age = _age(status.get("daemon_started_at"), now)
-        attempt_age = _age(status.get("last_disconnect_time"), now)
+        started_age = age_seconds(status.get("daemon_started_at"), now)
+        attempt_age = age_seconds(status.get("last_disconnect_time"), now)
         candidates = [a for a in (facts.data_age, started_age, attempt_age) if a is not None]
         facts.no_data_for = min(candidates) if candidates else None
 
         stale = null_rate = null_price = 0
         for record in symbols.values():
-            age = _age(record.get("updatedAt"), now)
+            age = age_seconds(record.get("updatedAt"), now)
             if age is not None and age > c["FUNDING_STALE_SECONDS"]:
                 stale += 1
             if record.get("fundingRate") is None:
@@ -497,8 +403,10 @@ class HealthMonitor:
         self.report.checks.update(
             connected=facts.connected,
             symbol_count=count,
-            messages_received=messages if _is_number(messages) else None,
+            messages_received=messages if finite_number(messages) is not None else None,
             last_data_age_seconds=_round(facts.data_age),
+            feed_health=verdict.status,
+            feed_health_reasons=list(verdict.reasons),
             stale_symbols=stale,
             null_funding_rate=null_rate,
             null_mark_price=null_price,
@@ -510,7 +418,9 @@ class HealthMonitor:
             return "unit is %s" % ws.state
         if not ws.active or facts.fresh(self.config["FUNDING_MAX_MESSAGE_AGE_SECONDS"]):
             return None  # unknown state, systemd busy with it, or healthy: never restart a healthy daemon
-        if not self.rest_reachable():
+        if self.rest is None:
+            self.report.add_info("FUNDING_REST_URL is off: an upstream outage cannot be told apart from a stuck daemon")
+        elif not self.rest_reachable():
             self.report.upstream_outage = True
             self.report.error(
                 "UPSTREAM OUTAGE: Binance REST is unreachable too (%s); not restarting the daemon, "
@@ -518,18 +428,20 @@ class HealthMonitor:
             )
             return None
         stuck_after = self.config["FUNDING_DAEMON_STUCK_SECONDS"]
+        rest_answers = " while Binance REST answers" if self.rest is not None else ""
         if facts.no_data_for is None:
             self.report.warn("Cannot tell how long the daemon has been without data; not restarting it")
             return None
         if facts.no_data_for <= stuck_after:
             self.report.warn(
-                "Daemon has had no data for %.0fs while Binance REST answers; it has until %.0fs to "
-                "recover by itself before a restart" % (facts.no_data_for, stuck_after)
+                "Daemon has had no data for %.0fs%s; it has until %.0fs to "
+                "recover by itself before a restart" % (facts.no_data_for, rest_answers, stuck_after)
             )
             return None
-        return "no market data for %.0fs while Binance REST answers" % facts.no_data_for
+        return "no market data for %.0fs%s" % (facts.no_data_for, rest_answers)
 
     def rest_reachable(self) -> bool:
+        assert self.rest is not None
         try:
             elapsed = self.rest.ping()
         except RestError as exc:
@@ -564,7 +476,7 @@ class HealthMonitor:
                 % (status or "unhealthy", response.status, (": " + detail) if detail else "")
             )
         count = body.get("symbolCount")
-        if _is_number(count):
+        if finite_number(count) is not None:
             entry["symbol_count"] = count
             self.report.add_info("API reports %d symbols" % count)
         return True
@@ -574,6 +486,10 @@ class HealthMonitor:
         symbol = self.config["FUNDING_SPOT_CHECK_SYMBOL"]
         result: Dict[str, Any] = {"symbol": symbol}
         self.report.checks["spot_check"] = result
+        if self.rest is None:
+            result["error"] = "FUNDING_REST_URL is off"
+            self.report.add_info("Data quality check skipped: FUNDING_REST_URL is off")
+            return
         if self.report.upstream_outage:
             result["error"] = "Binance REST unreachable"
             self.report.warn("Data quality check skipped: Binance REST is unreachable")
@@ -596,7 +512,7 @@ class HealthMonitor:
         try:
             response = self.api.get("/funding/%s" % symbol)
             body = response.body
-            if isinstance(body, dict) and _is_number(body.get("markPrice")):
+            if isinstance(body, dict) and finite_number(body.get("markPrice")) is not None:
                 merged = dict(facts.record or {})
                 merged.update({k: v for k, v in body.items() if v is not None or k == "fundingRate"})
                 return merged, "api"
@@ -659,13 +575,14 @@ class HealthMonitor:
                     "Data quality: %s funding rate differs from REST API at the same moment (%s)" % (symbol, detail)
                 )
 
-        if not _is_number(local_price):
+        price = compare_price(
+            rest.mark_price, local_price, c["FUNDING_PRICE_WARN_PERCENT"], c["FUNDING_PRICE_ERROR_PERCENT"]
+        )
+        if price.diff is None or price.percent is None:
             result["price_verdict"] = "missing"
             self.report.error("Data quality: %s has no local mark price" % symbol)
             return
-        price_diff = abs(rest.mark_price - local_price)
-        percent = price_diff / rest.mark_price * 100.0
-        verdict = judge_price(percent, c["FUNDING_PRICE_WARN_PERCENT"], c["FUNDING_PRICE_ERROR_PERCENT"])
+        price_diff, percent, verdict = price.diff, price.percent, price.verdict
         result.update(price_diff=price_diff, price_diff_percent=percent, price_verdict=verdict)
         if verdict == "ok":
             self.report.add_info(
@@ -773,7 +690,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         log.info("restart %s (%s): %s%s", action["unit"], action["reason"], action["result"],
                  (": %s" % action["detail"]) if action["detail"] else "")
     if args.json:
-        print(json.dumps(report.to_json(), indent=2, sort_keys=True))
+        print(funding_json.dumps(report.to_json(), pretty=True).decode("utf-8"))
     else:
         print(report.render_text())
     sys.stdout.flush()

@@ -11,7 +11,8 @@ Verdict and exit code:
   0  EXCELLENT   every funding rate identical, every price within 0.1 %, no REST symbol missing
   0  ACCEPTABLE  no errors: differing rates explained by time, prices within 1 %,
                  at most 1 % of the REST symbols missing from the state file
-  1  PROBLEMS    anything worse (wrong rates, prices off by more than 1 %, data far behind REST,
+  1  PROBLEMS    anything worse (wrong rates, prices off by more than 1 %, data more than
+                 FUNDING_COMPARE_BEHIND_SECONDS behind REST,
                  many symbols missing)
   2  cannot compare (REST or the state file unusable, no symbol in common)
 """
@@ -19,18 +20,16 @@ Verdict and exit code:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+import funding_json
 import funding_settings
-from funding_health_monitor import SETTINGS as MONITOR_SETTINGS
-from funding_health_monitor import judge_funding_rate, judge_price, local_event_ms
+from funding_compare import compare_price, judge_funding_rate, local_event_ms
 from funding_rest import BinanceRest, PremiumIndex, RestError
-from funding_settings import Setting
 from funding_state import StateFileError, read_state
 
 PROG = "funding_rest_comparison"
@@ -43,17 +42,10 @@ EXIT_OK = 0
 EXIT_PROBLEMS = 1
 EXIT_CANNOT_COMPARE = 2
 
-_MONITOR = {s.env: s for s in MONITOR_SETTINGS}
-SETTINGS: Tuple[Setting, ...] = (
-    funding_settings.LOG_LEVEL,
-    funding_settings.STATE_FILE,
-    _MONITOR["FUNDING_REST_URL"],
-    Setting("FUNDING_HTTP_TIMEOUT_SECONDS", "10", "timeout of the REST request", funding_settings.positive_float),
-    Setting("FUNDING_STALE_SECONDS", "180", "a symbol this far behind REST counts as stale (a problem)",
-            funding_settings.positive_float),
-    _MONITOR["FUNDING_PRICE_WARN_PERCENT"],
-    _MONITOR["FUNDING_PRICE_ERROR_PERCENT"],
-    _MONITOR["FUNDING_SPOT_SAME_MOMENT_SECONDS"],
+S = funding_settings
+SETTINGS = (
+    S.LOG_LEVEL, S.STATE_FILE, S.REST_URL, S.HTTP_TIMEOUT, S.COMPARE_BEHIND, S.PRICE_WARN_PERCENT,
+    S.PRICE_ERROR_PERCENT, S.SPOT_SAME_MOMENT,
 )
 
 ABSOLUTE_BUCKETS = (("Small (<$10):", 10.0), ("Medium ($10-$100):", 100.0), ("Large (>$100):", None))
@@ -119,14 +111,9 @@ def compare_one(rest: PremiumIndex, local: Mapping[str, Any], config: Mapping[st
     gap = abs(rest.time_ms - event_ms) / 1000.0 if event_ms is not None else None
     behind = (rest.time_ms - event_ms) / 1000.0 if event_ms is not None else None
     local_price = local.get("markPrice")
-    price_diff = percent = None
-    price_verdict = "missing"
-    if isinstance(local_price, (int, float)) and not isinstance(local_price, bool):
-        price_diff = abs(rest.mark_price - local_price)
-        percent = price_diff / rest.mark_price * 100.0
-        price_verdict = judge_price(
-            percent, config["FUNDING_PRICE_WARN_PERCENT"], config["FUNDING_PRICE_ERROR_PERCENT"]
-        )
+    price = compare_price(
+        rest.mark_price, local_price, config["FUNDING_PRICE_WARN_PERCENT"], config["FUNDING_PRICE_ERROR_PERCENT"]
+    )
     local_rate = local.get("fundingRate")
     return Row(
         symbol=rest.symbol,
@@ -134,14 +121,14 @@ def compare_one(rest: PremiumIndex, local: Mapping[str, Any], config: Mapping[st
         local_rate=local_rate,
         rest_price=rest.mark_price,
         local_price=local_price,
-        price_diff=price_diff,
-        price_diff_percent=percent,
+        price_diff=price.diff,
+        price_diff_percent=price.percent,
         time_gap_seconds=gap,
         behind_seconds=behind,
         funding_verdict=judge_funding_rate(
             rest.funding_rate, local_rate, gap, config["FUNDING_SPOT_SAME_MOMENT_SECONDS"]
         ),
-        price_verdict=price_verdict,
+        price_verdict=price.verdict,
     )
 
 
@@ -223,7 +210,7 @@ def decide(comparison: Comparison, summary: Optional[Summary], config: Mapping[s
         )
     if summary.stale:
         problems.append(
-            "❌ %d symbols are more than %.0fs behind REST" % (summary.stale, config["FUNDING_STALE_SECONDS"])
+            "❌ %d symbols are more than %.0fs behind REST" % (summary.stale, config["FUNDING_COMPARE_BEHIND_SECONDS"])
         )
     if not missing_ok:
         problems.append("❌ %d REST symbols with funding are missing from the state file" % missing)
@@ -440,6 +427,8 @@ def to_json(comparison: Comparison, summary: Optional[Summary]) -> Dict[str, Any
 
 def run(config: Mapping[str, Any]) -> "Tuple[Comparison, Optional[Summary]]":
     started = time.time()
+    if config["FUNDING_REST_URL"] is None:
+        return Comparison(generated_at=started, error="FUNDING_REST_URL is off: there is no REST to compare with"), None
     with BinanceRest(config["FUNDING_REST_URL"], config["FUNDING_HTTP_TIMEOUT_SECONDS"]) as rest:
         try:
             entries, rejected, elapsed = rest.premium_index_all()
@@ -460,7 +449,7 @@ def run(config: Mapping[str, Any]) -> "Tuple[Comparison, Optional[Summary]]":
     comparison.state_count, comparison.state_load_ms = len(payload["funding_state"]), load_ms
     if not comparison.rows:
         comparison.error = "no symbol with funding is in both REST and the state file"
-    summary = summarize(comparison, config["FUNDING_STALE_SECONDS"])
+    summary = summarize(comparison, config["FUNDING_COMPARE_BEHIND_SECONDS"])
     return comparison, summary
 
 
@@ -484,7 +473,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         comparison, summary = Comparison(generated_at=time.time(), error="internal error: %s" % exc), None
     decide(comparison, summary, config)
     if args.json:
-        print(json.dumps(to_json(comparison, summary), indent=2, sort_keys=True))
+        print(funding_json.dumps(to_json(comparison, summary), pretty=True).decode("utf-8"))
     else:
         print(render_text(comparison, summary, args.limit))
     return comparison.exit_code

@@ -1,8 +1,11 @@
-"""Settings from FUNDING_* environment variables, with --help, shared by every program.
+"""Every FUNDING_* setting of every binance-funding program, defined once: name, parser, default, meaning.
 
-Each program declares its settings once as a tuple of Setting; `load` turns
-the environment into typed values and `--help` lists every variable with its
-default. A bad value exits with status 2 and a message naming the variable.
+All programs read the one funding.env, so a name means the same thing, parses
+the same way and has the same default wherever it is read. Each program lists
+the settings it reads (a tuple of the Settings below); `load` turns the
+environment into typed values and `--help` lists those variables with their
+defaults and meanings from here. A bad value exits with status 2 and a message
+naming the variable.
 """
 
 from __future__ import annotations
@@ -11,9 +14,10 @@ import argparse
 import logging
 import math
 import os
+import re
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence
 from urllib.parse import urlsplit
 
 
@@ -50,10 +54,10 @@ def positive_int(text: str) -> int:
     return value
 
 
-def port_number(text: str) -> int:
+def port_or_zero(text: str) -> int:
     value = int(text)
-    if not 1 <= value <= 65535:
-        raise ValueError("must be a port from 1 to 65535")
+    if not 0 <= value <= 65535:
+        raise ValueError("must be a port from 1 to 65535 (0 picks a free one)")
     return value
 
 
@@ -74,22 +78,173 @@ def url_with_scheme(*schemes: str) -> Callable[[str], str]:
     return parse
 
 
+http_url = url_with_scheme("http", "https")
+OFF_WORDS = ("off", "none", "disabled")
+
+
+def optional_http_url(text: str) -> Optional[str]:
+    """An http(s) base URL without a trailing slash, or None for off/none/disabled."""
+    if text.strip().lower() in OFF_WORDS:
+        return None
+    return http_url(text).rstrip("/")
+
+
+def absolute_path(text: str) -> str:
+    if not os.path.isabs(text):
+        raise ValueError("must be an absolute path (the sudoers rule matches it exactly)")
+    return text
+
+
+UNIT_NAME = re.compile(r"^[A-Za-z0-9:_.@-]+\.service$")
+
+
+def unit_name(text: str) -> str:
+    if not UNIT_NAME.match(text):
+        raise ValueError("must be a systemd service name like name.service")
+    return text
+
+
+# --------------------------------------------------------------------------- shared
 LOG_LEVEL = Setting("FUNDING_LOG_LEVEL", "INFO", "log level: DEBUG, INFO, WARNING, ERROR", log_level)
+STATE_FILE = Setting(
+    "FUNDING_STATE_FILE", "/var/lib/binance-funding/.funding_state.json", "path of the shared state file"
+)
+REST_URL = Setting(
+    "FUNDING_REST_URL",
+    "https://fapi.binance.com",
+    "Binance USDⓈ-M REST base URL (daemon: fundingInfo; monitor: ping and spot check; comparison tool); "
+    "'off' makes no REST calls",
+    optional_http_url,
+)
+HTTP_TIMEOUT = Setting(
+    "FUNDING_HTTP_TIMEOUT_SECONDS", "10", "timeout of each REST or API request", positive_float
+)
+
+# --------------------------------------------------------------------------- health (funding_health)
 DISCONNECT_GRACE = Setting(
     "FUNDING_DISCONNECT_GRACE_SECONDS",
     "15",
-    "a reconnect shorter than this is not reported as disconnected (drops, Binance's 24 h close)",
+    "a disconnect shorter than this (a start, a drop, Binance's 24 h close) is a reconnect, not unhealthy",
     non_negative_float,
 )
 STALE_SECONDS = Setting(
     "FUNDING_STALE_SECONDS",
     "180",
-    "data older than this is stale (API: 503; monitor: a warning)",
+    "data older than this is stale (API: 503; monitor: a warning per stale symbol)",
     positive_float,
 )
-STATE_FILE = Setting(
-    "FUNDING_STATE_FILE", "/var/lib/binance-funding/.funding_state.json", "path of the shared state file"
+MAX_MESSAGE_AGE = Setting(
+    "FUNDING_MAX_MESSAGE_AGE_SECONDS", "60", "no market data for longer than this is unhealthy", positive_float
 )
+
+# --------------------------------------------------------------------------- daemon
+DEFAULT_WS_URL = "wss://fstream.binance.com/market/stream?streams=!markPrice@arr"
+WS_URL = Setting(
+    "FUNDING_WS_URL", DEFAULT_WS_URL, "WebSocket URL of the !markPrice@arr stream (combined or raw)",
+    url_with_scheme("wss", "ws"),
+)
+NO_DATA_SECONDS = Setting(
+    "FUNDING_NO_DATA_SECONDS", "30", "reconnect when an open connection delivered no markPriceUpdate for this long",
+    positive_float,
+)
+RECONNECT_INITIAL = Setting(
+    "FUNDING_RECONNECT_INITIAL_SECONDS", "1", "first reconnect delay (doubles per failed attempt)", positive_float
+)
+RECONNECT_MAX = Setting("FUNDING_RECONNECT_MAX_SECONDS", "60", "longest reconnect delay", positive_float)
+HEALTHY_RESET = Setting(
+    "FUNDING_HEALTHY_RESET_SECONDS", "5",
+    "seconds of data on one connection after which the reconnect delay starts over", positive_float,
+)
+ROTATE_SECONDS = Setting(
+    "FUNDING_ROTATE_SECONDS", "82800",
+    "replace a connection this old (before Binance's 24 h limit) without a data gap", positive_float,
+)
+CONNECT_TIMEOUT = Setting(
+    "FUNDING_CONNECT_TIMEOUT_SECONDS", "10", "timeout of the TCP/TLS/WebSocket handshake", positive_float
+)
+WRITE_COALESCE = Setting(
+    "FUNDING_WRITE_COALESCE_SECONDS", "0.005",
+    "after a change, wait this long for more before writing the state file once", non_negative_float,
+)
+WRITE_HEARTBEAT = Setting(
+    "FUNDING_WRITE_HEARTBEAT_SECONDS", "5", "rewrite the state file at least this often (keeps updated_at current)",
+    positive_float,
+)
+SUMMARY_SECONDS = Setting("FUNDING_SUMMARY_SECONDS", "300", "interval of the summary log line", positive_float)
+INTERVALS_REFRESH = Setting(
+    "FUNDING_INTERVALS_REFRESH_SECONDS", "3600", "how often fundingInfo is fetched again", positive_float
+)
+
+# --------------------------------------------------------------------------- API
+API_HOST = Setting("FUNDING_API_HOST", "127.0.0.1", "address to listen on (keep it on loopback)")
+API_PORT = Setting("FUNDING_API_PORT", "8888", "TCP port to listen on (0 picks a free one)", port_or_zero)
+API_THREADS = Setting("FUNDING_API_THREADS", "8", "worker threads answering complete requests", positive_int)
+API_CONNECTION_LIMIT = Setting(
+    "FUNDING_API_CONNECTION_LIMIT", "200", "open connections before new ones wait", positive_int
+)
+API_CHANNEL_TIMEOUT = Setting(
+    "FUNDING_API_CHANNEL_TIMEOUT", "30", "seconds an idle or half-sent connection is kept before it is closed",
+    positive_int,
+)
+
+# --------------------------------------------------------------------------- health monitor
+API_URL = Setting("FUNDING_API_URL", "http://127.0.0.1:8888", "base URL of the local funding API", http_url)
+MIN_SYMBOLS = Setting("FUNDING_MIN_SYMBOLS", "500", "fewer symbols than this is an error", positive_int)
+SPOT_CHECK_SYMBOL = Setting("FUNDING_SPOT_CHECK_SYMBOL", "BTCUSDT", "symbol compared against Binance REST")
+PRICE_WARN_PERCENT = Setting(
+    "FUNDING_PRICE_WARN_PERCENT", "0.1", "mark price difference from REST that is a warning", positive_float
+)
+PRICE_ERROR_PERCENT = Setting(
+    "FUNDING_PRICE_ERROR_PERCENT", "1.0", "mark price difference from REST that is an error", positive_float
+)
+SPOT_SAME_MOMENT = Setting(
+    "FUNDING_SPOT_SAME_MOMENT_SECONDS", "0.1", "REST and local values closer than this are the same moment",
+    non_negative_float,
+)
+SPOT_TIME_GAP = Setting(
+    "FUNDING_SPOT_TIME_GAP_SECONDS", "5", "REST and local timestamps further apart than this are noted",
+    positive_float,
+)
+DAEMON_STUCK = Setting(
+    "FUNDING_DAEMON_STUCK_SECONDS", "180",
+    "restart an active daemon only after this long without data (REST reachable)", positive_float,
+)
+MAX_RESTARTS = Setting("FUNDING_MAX_RESTARTS", "3", "restarts allowed per unit within the window", positive_int)
+RESTART_WINDOW = Setting("FUNDING_RESTART_WINDOW_MINUTES", "30", "window of the restart limit", positive_float)
+RESTART_WAIT = Setting(
+    "FUNDING_RESTART_WAIT_SECONDS", "20", "how long to wait for a restarted unit to become active", positive_float
+)
+SYSTEMCTL_TIMEOUT = Setting(
+    "FUNDING_SYSTEMCTL_TIMEOUT_SECONDS", "30", "timeout of each systemctl/sudo call", positive_float
+)
+SYSTEMCTL = Setting("FUNDING_SYSTEMCTL", "/usr/bin/systemctl", "absolute path of systemctl", absolute_path)
+SUDO = Setting("FUNDING_SUDO", "/usr/bin/sudo", "absolute path of sudo", absolute_path)
+MONITOR_STATE_FILE = Setting(
+    "FUNDING_MONITOR_STATE_FILE", "/var/lib/binance-funding/monitor-restarts.json",
+    "restart history (JSON, written atomically)", absolute_path,
+)
+WS_UNIT = Setting("FUNDING_WS_UNIT", "binance-funding-ws.service", "unit of the WebSocket daemon", unit_name)
+API_UNIT = Setting("FUNDING_API_UNIT", "binance-funding-api.service", "unit of the HTTP API", unit_name)
+
+# --------------------------------------------------------------------------- comparison tool
+COMPARE_BEHIND = Setting(
+    "FUNDING_COMPARE_BEHIND_SECONDS", "180",
+    "a symbol whose value is this far behind REST's counts as stale (a problem)", positive_float,
+)
+
+
+def collect_registry(values: Iterable[Any]) -> Dict[str, Setting]:
+    """Every Setting among values by name; RuntimeError when one name has two definitions."""
+    found: Dict[str, Setting] = {}
+    for value in values:
+        if isinstance(value, Setting):
+            if value.env in found and found[value.env] is not value:
+                raise RuntimeError("%s is defined twice" % value.env)
+            found[value.env] = value
+    return found
+
+
+REGISTRY: Dict[str, Setting] = collect_registry(list(globals().values()))
 
 
 def build_parser(prog: str, description: str, settings: Sequence[Setting]) -> argparse.ArgumentParser:

@@ -22,7 +22,6 @@ reader sees either the old file or the new one, never a mix.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import threading
@@ -30,20 +29,80 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
+import funding_json
+
 DEFAULT_STATE_FILE = "/var/lib/binance-funding/.funding_state.json"
 STATE_FILE_MODE = 0o644
 
-# Per-symbol keys. The first five are the seed's; the rest were added.
-SYMBOL_FLOAT_KEYS = ("fundingRate", "markPrice", "indexPrice")
-SYMBOL_KEYS = (
-    "fundingRate",
-    "markPrice",
-    "indexPrice",
-    "nextFundingTime",
-    "updatedAt",
-    "eventTime",
-    "fundingIntervalHours",
+class StateFileError(Exception):
+    """The state file is missing, unreadable or does not follow the contract."""
+
+
+# The symbol record: every key, in the seed's order first, with its kind. "number" values are finite numbers
+# (never booleans) or null; "integer" values are whole numbers (epoch milliseconds, hours). updatedAt (epoch
+# seconds when the daemon stored the value) is the one required key; readers serve an integer that is not one
+# as null rather than refuse the whole file.
+NUMBER = "number"
+INTEGER = "integer"
+
+
+@dataclass(frozen=True)
+class RecordField:
+    key: str
+    kind: str
+    meaning: str
+    required: bool = False
+
+
+SYMBOL_RECORD_FIELDS: Tuple[RecordField, ...] = (
+    RecordField("fundingRate", NUMBER, "predicted funding rate of the current interval (null: no funding)"),
+    RecordField("markPrice", NUMBER, "mark price"),
+    RecordField("indexPrice", NUMBER, "index price (null until Binance sends one)"),
+    RecordField("nextFundingTime", INTEGER, "next funding time, epoch milliseconds"),
+    RecordField("updatedAt", NUMBER, "when the daemon stored this record, epoch seconds", required=True),
+    RecordField("eventTime", INTEGER, "Binance's event time of the value, epoch milliseconds"),
+    RecordField("fundingIntervalHours", INTEGER, "funding interval from REST fundingInfo (absent until known)"),
 )
+SYMBOL_RECORD_KEYS: Tuple[str, ...] = tuple(f.key for f in SYMBOL_RECORD_FIELDS)
+SYMBOL_NUMBER_KEYS: Tuple[str, ...] = tuple(f.key for f in SYMBOL_RECORD_FIELDS if f.kind == NUMBER)
+SYMBOL_INTEGER_KEYS: Tuple[str, ...] = tuple(f.key for f in SYMBOL_RECORD_FIELDS if f.kind == INTEGER)
+
+
+def finite_number(value: Any) -> Optional[float]:
+    """value as a float when it is a finite int or float (a bool is not a number); else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an int too large for a float
+        return None
+    return number if math.isfinite(number) else None
+
+
+def is_finite_number(value: Any) -> bool:
+    return finite_number(value) is not None
+
+
+def is_whole_number(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def field_value_ok(field_: RecordField, value: Any) -> bool:
+    """A non-null value of the field's kind."""
+    return is_whole_number(value) if field_.kind == INTEGER else is_finite_number(value)
+
+
+def validate_symbol_record(symbol: str, record: Any) -> None:
+    """Raise StateFileError unless record follows the contract (number keys finite or null, updatedAt present)."""
+    if not isinstance(record, dict):
+        raise StateFileError("funding_state[%r] is not an object" % symbol)
+    for field_ in SYMBOL_RECORD_FIELDS:
+        value = record.get(field_.key)
+        if field_.required and not is_finite_number(value):
+            raise StateFileError("funding_state[%r].%s is missing or not a number" % (symbol, field_.key))
+        if field_.kind == NUMBER and value is not None and not is_finite_number(value):
+            raise StateFileError("funding_state[%r].%s is not a number" % (symbol, field_.key))
+
 
 # connection_status keys. The first five are the seed's; the rest were added.
 CONNECTION_STATUS_DEFAULTS: Dict[str, Any] = {
@@ -69,10 +128,6 @@ CONNECTION_STATUS_DEFAULTS: Dict[str, Any] = {
 }
 
 
-class StateFileError(Exception):
-    """The state file is missing, unreadable or does not follow the contract."""
-
-
 def new_connection_status(**overrides: Any) -> Dict[str, Any]:
     """A connection_status dict with every key present."""
     status = dict(CONNECTION_STATUS_DEFAULTS)
@@ -96,7 +151,7 @@ def build_payload(
 
 def encode_payload(payload: Mapping[str, Any]) -> bytes:
     # Compact: the file is re-read on every change by every reader, so its size is latency.
-    return json.dumps(payload, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    return funding_json.dumps(payload)
 
 
 def temp_path_for(path: str, pid: Optional[int] = None) -> str:
@@ -135,10 +190,6 @@ def write_state_atomic(path: str, payload: Mapping[str, Any]) -> int:
     return len(data)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def validate_payload(payload: Any) -> Dict[str, Any]:
     """Check a decoded state file against the contract; return it or raise StateFileError."""
     if not isinstance(payload, dict):
@@ -149,23 +200,16 @@ def validate_payload(payload: Any) -> Dict[str, Any]:
     status = payload.get("connection_status")
     if not isinstance(status, dict):
         raise StateFileError("connection_status is missing or not an object")
-    if not _is_number(payload.get("updated_at")):
+    if not is_finite_number(payload.get("updated_at")):
         raise StateFileError("updated_at is missing or not a number")
     for symbol, record in funding_state.items():
-        if not isinstance(record, dict):
-            raise StateFileError("funding_state[%r] is not an object" % symbol)
-        for key in SYMBOL_FLOAT_KEYS:
-            value = record.get(key)
-            if value is not None and not _is_number(value):
-                raise StateFileError("funding_state[%r].%s is not a number" % (symbol, key))
-        if not _is_number(record.get("updatedAt")):
-            raise StateFileError("funding_state[%r].updatedAt is missing or not a number" % symbol)
+        validate_symbol_record(symbol, record)
     return payload
 
 
 def decode_state(data: bytes) -> Dict[str, Any]:
     try:
-        payload = json.loads(data)
+        payload = funding_json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise StateFileError("not valid JSON: %s" % exc) from None
     return validate_payload(payload)
@@ -249,21 +293,6 @@ class StateReader:
         return StateSnapshot(s.payload, s.loaded_at, s.error, s.loads, s.stat_key)
 
 
-def symbol_age_seconds(record: Mapping[str, Any], now: float) -> Optional[float]:
-    updated = record.get("updatedAt")
-    return max(0.0, now - updated) if _is_number(updated) else None
-
-
-def data_age_range(
-    funding_state: Mapping[str, Mapping[str, Any]], now: float
-) -> Tuple[Optional[float], Optional[float]]:
-    """(oldest, newest) age in seconds over all symbols; (None, None) when there are none."""
-    ages = [a for a in (symbol_age_seconds(r, now) for r in funding_state.values()) if a is not None]
-    if not ages:
-        return None, None
-    return max(ages), min(ages)
-
-
 def disconnected_for(status: Mapping[str, Any], now: float) -> Optional[float]:
     """None while the daemon reports itself connected; else seconds since it lost the connection.
 
@@ -272,7 +301,13 @@ def disconnected_for(status: Mapping[str, Any], now: float) -> Optional[float]:
     """
     if status.get("connected") is True:
         return None
-    since = status.get("disconnected_since")
-    if not _is_number(since):
-        since = status.get("last_disconnect_time")
-    return max(0.0, now - since) if _is_number(since) else math.inf
+    since = finite_number(status.get("disconnected_since"))
+    if since is None:
+        since = finite_number(status.get("last_disconnect_time"))
+    return math.inf if since is None else max(0.0, now - since)
+
+
+def age_seconds(timestamp: Any, now: float) -> Optional[float]:
+    """Seconds from an epoch timestamp to now, never negative; None when it is not a finite number."""
+    when = finite_number(timestamp)
+    return None if when is None else max(0.0, now - when)

@@ -1,0 +1,135 @@
+"""The one definition of the feed's health: healthy, degraded or unhealthy, and why.
+
+A pure function of (what the state file says, now, the thresholds), used by the
+API's /funding/health and /metrics and by the health monitor, so that both give
+the same verdict on the same state at the same moment.
+
+Unhealthy, each reason starting with a stable code:
+  state_file:    the state file is missing, unreadable or corrupt (the API keeps serving the last good state)
+  disconnected:  the daemon has been without a WebSocket for longer than FUNDING_DISCONNECT_GRACE_SECONDS
+  no_symbols:    there is no symbol at all
+  stale:         the newest symbol is older than FUNDING_STALE_SECONDS
+  no_data:       no market data for longer than FUNDING_MAX_MESSAGE_AGE_SECONDS
+Degraded (still serving; warnings):
+  reconnecting:  disconnected for less than the grace: a start, a drop, Binance's 24 h close
+  stale_symbols: some symbols are older than FUNDING_STALE_SECONDS while the newest is fresh
+
+The daemon marks its start as the beginning of a disconnect (`disconnected_since`), so a
+just-restarted daemon gets the same grace as a reconnect. "Market data" is the newest of
+`last_message_time` (the last accepted markPriceUpdate) and the newest symbol's `updatedAt`:
+a daemon that has just restarted has not received a message yet, but the records it loaded
+from its previous file are as fresh as they say.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Tuple
+
+from funding_state import age_seconds, disconnected_for, finite_number
+
+HEALTHY = "healthy"
+DEGRADED = "degraded"
+UNHEALTHY = "unhealthy"
+
+
+@dataclass(frozen=True)
+class HealthRules:
+    stale_seconds: float = 180.0
+    disconnect_grace_seconds: float = 15.0
+    max_data_age_seconds: float = 60.0
+
+    @classmethod
+    def from_settings(cls, values: Mapping[str, Any]) -> "HealthRules":
+        """From funding_settings values (FUNDING_STALE_SECONDS, ..._DISCONNECT_GRACE_..., ..._MAX_MESSAGE_AGE_...)."""
+        return cls(
+            stale_seconds=values["FUNDING_STALE_SECONDS"],
+            disconnect_grace_seconds=values["FUNDING_DISCONNECT_GRACE_SECONDS"],
+            max_data_age_seconds=values["FUNDING_MAX_MESSAGE_AGE_SECONDS"],
+        )
+
+
+@dataclass(frozen=True)
+class FeedSnapshot:
+    """What health needs from one state payload (the API builds it once per loaded file)."""
+
+    connection_status: Mapping[str, Any]
+    symbol_count: int
+    oldest_updated_at: Optional[float]
+    newest_updated_at: Optional[float]
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> "FeedSnapshot":
+        """From a validated state payload (funding_state.validate_payload)."""
+        updated = [finite_number(r.get("updatedAt")) for r in payload["funding_state"].values()]
+        times = [t for t in updated if t is not None]
+        return cls(
+            connection_status=payload["connection_status"],
+            symbol_count=len(payload["funding_state"]),
+            oldest_updated_at=min(times) if times else None,
+            newest_updated_at=max(times) if times else None,
+        )
+
+
+@dataclass(frozen=True)
+class HealthVerdict:
+    status: str
+    reasons: Tuple[str, ...]  # why unhealthy
+    warnings: Tuple[str, ...]  # why degraded
+    disconnected_for: Optional[float]  # None while connected; math.inf when the daemon never said since when
+    reconnecting: bool  # disconnected, within the grace
+    data_age: Optional[float]  # seconds since the last market data; None if there never was any
+    oldest_age: Optional[float]
+    newest_age: Optional[float]
+
+    @property
+    def healthy(self) -> bool:
+        """Serving and fit for use: healthy or degraded (HTTP 200)."""
+        return self.status != UNHEALTHY
+
+
+def judge(feed: Optional[FeedSnapshot], state_error: Optional[str], now: float, rules: HealthRules) -> HealthVerdict:
+    """The verdict on the last good state `feed` (None: never loaded) when the current file gave `state_error`."""
+    reasons = []
+    warnings = []
+    status = feed.connection_status if feed is not None else {}
+    oldest = age_seconds(feed.oldest_updated_at, now) if feed is not None else None
+    newest = age_seconds(feed.newest_updated_at, now) if feed is not None else None
+    message_age = age_seconds(status.get("last_message_time"), now)
+    known = [a for a in (message_age, newest) if a is not None]
+    data_age = min(known) if known else None
+
+    if state_error is not None:
+        served = "serving the last good state" if feed is not None else "no state to serve"
+        reasons.append("state_file: %s; %s" % (state_error, served))
+    down_for = disconnected_for(status, now) if feed is not None else None
+    reconnecting = down_for is not None and down_for <= rules.disconnect_grace_seconds
+    if down_for is not None and not reconnecting:
+        since = "" if down_for == math.inf else " for %.0f s" % down_for
+        reasons.append("disconnected: the daemon reports its WebSocket disconnected%s" % since)
+    if feed is None or feed.symbol_count == 0:
+        reasons.append("no_symbols: there are no symbols to serve")
+    if newest is not None and newest > rules.stale_seconds:
+        reasons.append("stale: newest data is %.1f s old (threshold %g s)" % (newest, rules.stale_seconds))
+    if data_age is not None and data_age > rules.max_data_age_seconds:
+        reasons.append(
+            "no_data: no market data for %.0f s (threshold %g s)" % (data_age, rules.max_data_age_seconds)
+        )
+    grace, stale = rules.disconnect_grace_seconds, rules.stale_seconds
+    if reconnecting:
+        warnings.append("reconnecting: disconnected %.0f s ago (grace %g s)" % (down_for, grace))
+    if oldest is not None and oldest > stale and not (newest is not None and newest > stale):
+        warnings.append("stale_symbols: the oldest data is %.1f s old (threshold %g s)" % (oldest, stale))
+
+    verdict = UNHEALTHY if reasons else DEGRADED if warnings else HEALTHY
+    return HealthVerdict(
+        status=verdict,
+        reasons=tuple(reasons),
+        warnings=tuple(warnings),
+        disconnected_for=down_for,
+        reconnecting=reconnecting,
+        data_age=data_age,
+        oldest_age=oldest,
+        newest_age=newest,
+    )
