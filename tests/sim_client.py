@@ -69,6 +69,15 @@ class SimulatorClient:
             raise ValueError(f"unknown kind {kind!r}; expected one of {', '.join(paths)}")
         return self.ws_base + paths[kind]
 
+    def symbol_stream_url(self, symbols: Sequence[str], fast: bool = True, kind: str = "stream") -> str:
+        """Per-symbol mark price streams in the URL: kind "stream" (combined) or "ws" (one symbol, raw)."""
+        names = [symbol.lower() + ("@markPrice@1s" if fast else "@markPrice") for symbol in symbols]
+        if kind == "ws":
+            if len(names) != 1:
+                raise ValueError("a raw /market/ws/ URL carries one stream")
+            return self.ws_base + "/market/ws/" + names[0]
+        return self.ws_base + "/market/stream?streams=" + "/".join(names)
+
     @property
     def rest_url(self) -> str:
         """Base URL for REST: append "/fapi/v1/premiumIndex" etc. (like https://fapi.binance.com)."""
@@ -121,7 +130,40 @@ class SimulatorClient:
         return self.get_json("/_sim/symbols")
 
     def perpetuals(self) -> Dict[str, Dict[str, Any]]:
+        """Every TRADING perpetual of exchangeInfo, TradFi included: what a client must serve."""
         return {symbol: values for symbol, values in self.symbols().items() if values["perpetual"]}
+
+    def array_perpetuals(self) -> Dict[str, Dict[str, Any]]:
+        """The TRADING perpetuals that !markPrice@arr carries (no TradFi): all a client without per-symbol
+        streams can serve."""
+        return {symbol: values for symbol, values in self.symbols().items()
+                if values["perpetual"] and values["onArray"]}
+
+    def universe(self) -> Dict[str, Any]:
+        """Lists (tradingPerpetuals, tradfi, arraySymbols, arrayPerpetuals, notOnArray, settling, pendingTrading,
+        dated, coinM), their counts, and the listings/delistings made at run time."""
+        return self.get_json("/_sim/universe")
+
+    def connections(self, names: bool = False) -> Dict[str, Any]:
+        """Open and recently closed WebSocket connections with their counters, and the global `limits`."""
+        return self.get_json("/_sim/connections" + ("?names=1" if names else ""))
+
+    def limits(self) -> Dict[str, Any]:
+        """Counters of Binance's connection rules: peaks of messages per second, 1008 closes, refused SUBSCRIBEs."""
+        return self.status()["limits"]
+
+    def reset_counters(self) -> Dict[str, Any]:
+        return self._control("/_sim/counters/reset")
+
+    def list_symbol(self, symbol: str = "", contract_type: str = "PERPETUAL", underlying_type: str = "",
+                    **params: Any) -> Dict[str, Any]:
+        """A new TRADING contract at once (exchangeInfo and its streams); returns the action (with the symbol)."""
+        return self.set_fault("list", symbol=symbol, contractType=contract_type, underlyingType=underlying_type,
+                              **params)["action"]
+
+    def delist_symbol(self, symbol: str, rows: str = "no_funding") -> Dict[str, Any]:
+        """TRADING -> SETTLING; rows="no_funding" keeps its rows flowing without funding, "stop" ends them."""
+        return self.set_fault("delist", symbol=symbol, rows=rows)["action"]
 
     # --- REST helpers ---
 
@@ -138,6 +180,9 @@ class SimulatorClient:
 
     def funding_info(self) -> Any:
         return self.get_json("/fapi/v1/fundingInfo")
+
+    def exchange_info(self) -> Any:
+        return self.get_json("/fapi/v1/exchangeInfo")
 
     # --- waiting ---
 

@@ -231,8 +231,8 @@ def test_items_carry_binance_fields_as_strings_and_integer_times(shared_simulato
     assert 0 < len(items) - len(with_index) < 20, "a few symbols omit the index price"
 
 
-def test_two_consecutive_pushes_are_partial_shards_covering_every_symbol(shared_simulator):
-    every_symbol = set(shared_simulator.symbols())
+def test_two_consecutive_pushes_are_partial_shards_covering_every_array_symbol(shared_simulator):
+    every_symbol = set(shared_simulator.universe()["arraySymbols"])
     for fast in (False, True):
         first, second = run(frames(shared_simulator.ws_url("ws", fast), 2))
         first_symbols = {item["s"] for item in first}
@@ -243,7 +243,7 @@ def test_two_consecutive_pushes_are_partial_shards_covering_every_symbol(shared_
 
 def test_dated_contracts_carry_no_funding_in_stream_rest_and_sim_symbols(shared_simulator):
     received = run(frames(shared_simulator.ws_url("ws"), 2))
-    dated = [item for frame in received for item in frame if "_" in item["s"]]
+    dated = [item for frame in received for item in frame if "_" in item["s"] and item["st"] == 1]
     assert dated
     assert {item["r"] for item in dated} == {"", "0.00000000"}
     assert {item["T"] for item in dated} == {0}
@@ -254,13 +254,14 @@ def test_dated_contracts_carry_no_funding_in_stream_rest_and_sim_symbols(shared_
         assert rest[item["s"]]["nextFundingTime"] == 0
         assert known[item["s"]]["perpetual"] is False
         assert known[item["s"]]["fundingRate"] is None
-    assert all(known[s]["perpetual"] for s in known if "_" not in s)
+    assert not any(known[s]["perpetual"] for s in known if "_" in s), "no dated contract or COIN-M row is served"
 
 
-def test_universe_has_about_700_realistic_contracts(shared_simulator):
+def test_universe_has_about_870_realistic_contracts(shared_simulator):
     known = shared_simulator.symbols()
     status = shared_simulator.status()
-    assert len(known) == status["symbolCount"] == 700
+    listed = {s: v for s, v in known.items() if v["listed"]}
+    assert len(listed) == status["symbolCount"] == 872
     assert status["perpetualCount"] == sum(1 for values in known.values() if values["perpetual"])
     for symbol in NAMED_SYMBOLS:
         assert symbol in known
@@ -289,7 +290,7 @@ def test_same_seed_builds_the_same_universe_and_another_seed_a_different_one():
     other = [(spec.symbol, spec.base_price, spec.funding_interval_hours) for spec in build_universe(4, 700)]
     assert first == again
     assert first != other
-    assert len({symbol for symbol, _, _ in first}) == 700
+    assert len({symbol for symbol, _, _ in first}) == 700 + 3, "700 contracts and the three COIN-M rows"
 
 
 def test_next_funding_time_rolls_over_when_the_boundary_is_reached():
@@ -313,7 +314,7 @@ def test_random_walk_keeps_prices_positive_near_their_level_and_rates_within_cap
         assert quote.mark > 0 and math.isfinite(quote.mark)
         assert 0.5 < quote.mark / spec.base_price < 2.0
         assert abs(quote.index / quote.mark - 1) < 0.01
-        if spec.perpetual:
+        if spec.funded:
             assert abs(quote.rate) <= spec.funding_cap + 1e-12
 
 
@@ -363,17 +364,20 @@ def test_pushed_values_rest_and_sim_symbols_agree_exactly(fast_simulator):
 
     async def pushed_after_freeze() -> Dict[str, Dict[str, Any]]:
         seen: Dict[str, Dict[str, Any]] = {}
+        expected = {s for s, v in snapshot.items() if v["onArray"]}
         async with connect(client.ws_url("stream"), max_size=None) as ws:
-            while len(seen) < len(snapshot):
+            while len(seen) < len(expected):
                 for item in decode(await asyncio.wait_for(ws.recv(), DEADLINE))["data"]:
                     if item["E"] == snapshot[item["s"]]["eventTime"]:
                         seen[item["s"]] = item
         return seen
 
     pushed = run(pushed_after_freeze())
-    assert set(rest) == set(snapshot) == set(pushed)
-    for symbol, values in snapshot.items():
-        item, entry = pushed[symbol], rest[symbol]
+    universe = client.universe()
+    assert set(pushed) == set(universe["arraySymbols"])
+    assert set(rest) == {s for s, v in snapshot.items() if v["listed"]}
+    for symbol in set(pushed) & set(rest):
+        values, item, entry = snapshot[symbol], pushed[symbol], rest[symbol]
         assert float(item["p"]) == values["markPrice"] and entry["markPrice"] == item["p"]
         assert entry["estimatedSettlePrice"] == item["P"]
         if "i" in item:
