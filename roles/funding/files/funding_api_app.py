@@ -56,7 +56,7 @@ import bottle
 import funding_health
 from funding_api_metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from funding_api_metrics import RequestCounter, render_metrics
-from funding_api_view import SORT_KEYS, SnapshotView, StateViews, age_text, encode_records
+from funding_api_view import SORT_KEYS, SnapshotView, StateViews, encode_records
 from funding_health import HealthRules
 from funding_json import dumps
 from funding_state import StateSnapshot
@@ -73,6 +73,7 @@ ALLOWED_METHODS = "GET, HEAD"
 SYMBOL_RE = re.compile(r"[A-Za-z0-9_]{1,40}")
 QUOTE_RE = re.compile(r"[A-Za-z0-9]{1,12}")
 LIMIT_RE = re.compile(r"[0-9]{1,7}")
+INTERVAL_RE = re.compile(r"[1-9]|1[0-9]|2[0-4]")
 RESERVED_NAMES = frozenset({"HEALTH", "BATCH"})
 MAX_BATCH_SYMBOLS = 1000
 # 1000 symbols of 40 characters, comma-separated even when percent-encoded, fit comfortably.
@@ -290,7 +291,7 @@ def build_app(views: StateViews, config: ApiConfig, counter: RequestCounter) -> 
                     "staleThresholdSeconds": config.stale_seconds,
                 }
             )
-            body = record.head + b',"ageSeconds":' + age_text(now, record.updated_at) + b"," + tail[1:]
+            body = record.head + record.tail(now) + b"," + tail[1:]
             return _reply(503, body)
         return _reply(200, record.encode(now))
 
@@ -303,6 +304,14 @@ def build_app(views: StateViews, config: ApiConfig, counter: RequestCounter) -> 
         quote_text = query.get("quote") or ""
         if quote_text and not QUOTE_RE.fullmatch(quote_text):
             return _reply(400, error_body(400, "bad_quote", "quote must match [A-Z0-9]{1,12}, e.g. USDT"))
+        interval_text = query.get("fundingIntervalHours") or ""
+        intervals: Optional[set] = None
+        if interval_text:
+            parts = interval_text.split(",")
+            if len(parts) > 24 or not all(INTERVAL_RE.fullmatch(p) for p in parts):
+                return _reply(400, error_body(400, "bad_interval",
+                                              "fundingIntervalHours must be whole hours from 1 to 24, e.g. 1 or 1,4"))
+            intervals = {int(p) for p in parts}
         limit_text = query.get("limit") or ""
         limit: Optional[int] = None
         if limit_text:
@@ -316,6 +325,8 @@ def build_app(views: StateViews, config: ApiConfig, counter: RequestCounter) -> 
         quote = quote_text.upper()
         if quote:
             records = [r for r in records if r.symbol.endswith(quote)]
+        if intervals is not None:
+            records = [r for r in records if r.interval_hours in intervals]
         matched = len(records)
         if limit is not None:
             records = records[:limit]

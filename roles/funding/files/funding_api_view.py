@@ -17,7 +17,8 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import funding_json
 from funding_health import FeedSnapshot
-from funding_state import StateReader, StateSnapshot, finite_number
+import funding_terms
+from funding_state import StateReader, StateSnapshot, finite_number, is_whole_number
 
 log = logging.getLogger("funding_api")
 
@@ -25,6 +26,9 @@ log = logging.getLogger("funding_api")
 # and the per-request ageSeconds last); eventTime stays internal.
 RECORD_KEYS = ("markPrice", "fundingRate", "nextFundingTime", "indexPrice")
 OPTIONAL_RECORD_KEYS = ("fundingIntervalHours",)
+# Terms: always answered, null where the state has none (Binance publishes no cap/floor for most symbols).
+TERMS_RECORD_KEYS = ("fundingRateCap", "fundingRateFloor")
+OPTIONAL_TERMS_KEYS = ("fundingIntervalChangedAt",)
 
 
 def json_scalar(value: Any) -> Any:
@@ -53,44 +57,73 @@ def age_text(now: float, updated_at: float) -> bytes:
     return repr(round(max(0.0, now - updated_at), 3)).encode("ascii")
 
 
-class SymbolRecord:
-    """One symbol, encoded once: `head` is the JSON object without its closing brace and ageSeconds."""
+def seconds_to_funding_text(now: float, next_funding_ms: Optional[int]) -> bytes:
+    return json_text(funding_terms.seconds_to_funding(next_funding_ms, now)).encode("ascii")
 
-    __slots__ = ("funding_rate", "head", "symbol", "updated_at")
+
+class SymbolRecord:
+    """One symbol, encoded once: `head` is the JSON object without its closing brace and the per-request keys.
+
+    The per-request keys are ageSeconds and secondsToFunding; the derived fields that depend only on the record
+    (funding_terms.derived_fields) are computed here, once per loaded state file.
+    """
+
+    __slots__ = ("annualized", "cap_usage", "funding_rate", "head", "interval_hours", "next_funding_ms", "symbol",
+                 "updated_at")
 
     def __init__(self, symbol: str, record: Mapping[str, Any]) -> None:
         self.symbol = symbol
         # validate_payload guarantees a finite number here.
         self.updated_at = float(record["updatedAt"])
         self.funding_rate = finite_number(record.get("fundingRate"))
+        next_funding = record.get("nextFundingTime")
+        self.next_funding_ms: Optional[int] = next_funding if is_whole_number(next_funding) else None
+        self.interval_hours = funding_terms.interval_or_default(record)
+        derived = funding_terms.derived_fields(record)
+        self.annualized = derived["fundingRateAnnualized"]
+        self.cap_usage = derived["capUsage"]
         parts = ['{"symbol":', json_text(symbol)]
         for key in RECORD_KEYS:
             parts.append(',"%s":%s' % (key, json_text(record.get(key))))
         for key in OPTIONAL_RECORD_KEYS:
             if key in record:
                 parts.append(',"%s":%s' % (key, json_text(record[key])))
+        for key in TERMS_RECORD_KEYS:
+            parts.append(',"%s":%s' % (key, json_text(finite_number(record.get(key)))))
+        for key in OPTIONAL_TERMS_KEYS:
+            if key in record:
+                parts.append(',"%s":%s' % (key, json_text(record[key])))
+        for key, value in derived.items():
+            parts.append(',"%s":%s' % (key, json_text(value)))
         parts.append(',"updatedAt":%s' % json_text(record["updatedAt"]))
         self.head = "".join(parts).encode("utf-8")
 
     def age(self, now: float) -> float:
         return max(0.0, now - self.updated_at)
 
+    def tail(self, now: float) -> bytes:
+        """The per-request keys, each with its leading comma."""
+        return (b',"ageSeconds":' + age_text(now, self.updated_at) + b',"secondsToFunding":'
+                + seconds_to_funding_text(now, self.next_funding_ms))
+
     def encode(self, now: float) -> bytes:
-        return self.head + b',"ageSeconds":' + age_text(now, self.updated_at) + b"}"
+        return self.head + self.tail(now) + b"}"
 
 
 def encode_records(records: Iterable[SymbolRecord], now: float) -> List[bytes]:
-    """The pieces of a JSON list of records with their ages at `now`, for one final b"".join.
+    """The pieces of a JSON list of records with their per-request keys at `now`, for one final b"".join.
 
-    The daemon stamps every symbol of one frame with the same updatedAt, so the
-    age text is computed once per distinct timestamp rather than per symbol.
+    The daemon stamps every symbol of one frame with the same updatedAt, and
+    symbols share funding times, so each tail is computed once per distinct
+    (updatedAt, nextFundingTime) rather than per symbol.
     """
-    tails: Dict[float, bytes] = {}
+    tails: Dict[Tuple[float, Optional[int]], bytes] = {}
     parts: List[bytes] = [b"["]
     for record in records:
-        tail = tails.get(record.updated_at)
+        key = (record.updated_at, record.next_funding_ms)
+        tail = tails.get(key)
         if tail is None:
-            tail = tails[record.updated_at] = b',"ageSeconds":' + age_text(now, record.updated_at) + b"},"
+            tail = tails[key] = record.tail(now) + b"},"
         parts.append(record.head)
         parts.append(tail)
     if len(parts) > 1:
@@ -101,9 +134,13 @@ def encode_records(records: Iterable[SymbolRecord], now: float) -> List[bytes]:
 
 SORT_KEYS: Dict[str, Callable[[SymbolRecord], Any]] = {
     "symbol": lambda r: r.symbol,
-    # Symbols without a funding rate go last in both directions.
+    # Symbols without the value go last in both directions.
     "fundingRate": lambda r: (r.funding_rate is None, r.funding_rate or 0.0, r.symbol),
     "-fundingRate": lambda r: (r.funding_rate is None, -(r.funding_rate or 0.0), r.symbol),
+    "fundingRateAnnualized": lambda r: (r.annualized is None, r.annualized or 0.0, r.symbol),
+    "-fundingRateAnnualized": lambda r: (r.annualized is None, -(r.annualized or 0.0), r.symbol),
+    "capUsage": lambda r: (r.cap_usage is None, r.cap_usage or 0.0, r.symbol),
+    "-capUsage": lambda r: (r.cap_usage is None, -(r.cap_usage or 0.0), r.symbol),
 }
 
 

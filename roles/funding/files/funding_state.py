@@ -44,6 +44,7 @@ class StateFileError(Exception):
 # as null rather than refuse the whole file.
 NUMBER = "number"
 INTEGER = "integer"
+SETTLEMENT = "settlement"  # {"fundingTime": ms, "fundingRate": number, "markPrice": number|null, "eventTime": ms}
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,17 @@ SYMBOL_RECORD_FIELDS: Tuple[RecordField, ...] = (
     RecordField("nextFundingTime", INTEGER, "next funding time, epoch milliseconds"),
     RecordField("updatedAt", NUMBER, "when the daemon stored this record, epoch seconds", required=True),
     RecordField("eventTime", INTEGER, "Binance's event time of the value, epoch milliseconds"),
-    RecordField("fundingIntervalHours", INTEGER, "funding interval from REST fundingInfo (absent until known)"),
+    RecordField("fundingIntervalHours", INTEGER,
+                "funding interval: REST fundingInfo (absent there: 8), or the spacing of T across a settlement "
+                "(absent until known)"),
+    RecordField("fundingRateCap", NUMBER, "adjustedFundingRateCap from fundingInfo (null where none is published)"),
+    RecordField("fundingRateFloor", NUMBER,
+                "adjustedFundingRateFloor from fundingInfo (null where none is published)"),
+    RecordField("fundingIntervalChangedAt", INTEGER,
+                "when the interval last changed, epoch milliseconds (the settlement when T revealed it)"),
+    RecordField("lastSettlement", SETTLEMENT,
+                "the stream's last value before the last settlement the daemon saw: "
+                "{fundingTime, fundingRate, markPrice, eventTime}"),
 )
 SYMBOL_RECORD_KEYS: Tuple[str, ...] = tuple(f.key for f in SYMBOL_RECORD_FIELDS)
 SYMBOL_NUMBER_KEYS: Tuple[str, ...] = tuple(f.key for f in SYMBOL_RECORD_FIELDS if f.kind == NUMBER)
@@ -87,8 +98,21 @@ def is_whole_number(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def settlement_ok(value: Any) -> bool:
+    """A lastSettlement object: whole-number fundingTime and eventTime, finite fundingRate, markPrice finite or null."""
+    return (
+        isinstance(value, dict)
+        and is_whole_number(value.get("fundingTime"))
+        and is_whole_number(value.get("eventTime"))
+        and is_finite_number(value.get("fundingRate"))
+        and (value.get("markPrice") is None or is_finite_number(value.get("markPrice")))
+    )
+
+
 def field_value_ok(field_: RecordField, value: Any) -> bool:
     """A non-null value of the field's kind."""
+    if field_.kind == SETTLEMENT:
+        return settlement_ok(value)
     return is_whole_number(value) if field_.kind == INTEGER else is_finite_number(value)
 
 
@@ -125,6 +149,9 @@ CONNECTION_STATUS_DEFAULTS: Dict[str, Any] = {
     "last_state_write_error": None,
     "ws_url": None,
     "daemon_started_at": None,
+    "interval_changes": 0,
+    "funding_info_errors": 0,
+    "last_funding_info_time": None,
 }
 
 
