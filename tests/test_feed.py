@@ -6,8 +6,8 @@ import json
 import math
 
 import funding_feed
-import pytest
 import funding_terms
+import pytest
 from funding_feed import MarkPriceUpdate, merge_updates, parse_frame, parse_item
 from funding_terms import FundingTerms, parse_funding_info
 

@@ -16,8 +16,8 @@ import time
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import funding_json
-from funding_health import FeedSnapshot
 import funding_terms
+from funding_health import FeedSnapshot
 from funding_state import StateReader, StateSnapshot, finite_number, is_whole_number
 
 log = logging.getLogger("funding_api")
