@@ -434,7 +434,8 @@ def test_an_interval_change_is_seen_from_the_spacing_of_next_funding_time():
     state = {}
     eight = {"AUSDT": terms(8, 0.02, -0.02)}
     merge_updates(state, [settling_item(event_time=T0 - 1_000)], NOW, funding_terms=eight)
-    result = merge_updates(state, [settling_item(next_time=T0 + HOUR, event_time=T0 + 300)], NOW + 1, funding_terms=eight)
+    result = merge_updates(state, [settling_item(next_time=T0 + HOUR, event_time=T0 + 300)], NOW + 1,
+                           funding_terms=eight)
     assert result.revealed_intervals == {"AUSDT": 1}
     assert result.interval_changes == [funding_feed.IntervalChange("AUSDT", 8, 1, T0, "nextFundingTime spacing")]
     record = state["AUSDT"]

@@ -53,12 +53,15 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import bottle
+import funding_api_history
 import funding_health
 from funding_api_metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from funding_api_metrics import RequestCounter, render_metrics
 from funding_api_view import SORT_KEYS, SnapshotView, StateViews, encode_records
 from funding_health import HealthRules
+from funding_history import HistoryError, HistoryReader
 from funding_json import dumps
+from funding_rest_budget import read_budget_file
 from funding_state import StateSnapshot
 
 log = logging.getLogger("funding_api")
@@ -74,7 +77,7 @@ SYMBOL_RE = re.compile(r"[A-Za-z0-9_]{1,40}")
 QUOTE_RE = re.compile(r"[A-Za-z0-9]{1,12}")
 LIMIT_RE = re.compile(r"[0-9]{1,7}")
 INTERVAL_RE = re.compile(r"[1-9]|1[0-9]|2[0-4]")
-RESERVED_NAMES = frozenset({"HEALTH", "BATCH"})
+RESERVED_NAMES = frozenset({"HEALTH", "BATCH", "HISTORY"})
 MAX_BATCH_SYMBOLS = 1000
 # 1000 symbols of 40 characters, comma-separated even when percent-encoded, fit comfortably.
 MAX_QUERY_BYTES = 64 * 1024
@@ -86,6 +89,8 @@ ROUTE_LABELS = {
     "/funding/health": "/funding/health",
     "/funding/batch": "/funding/batch",
     "/funding/<symbol>": "/funding/{symbol}",
+    "/funding/history": "/funding/history",
+    "/funding/<symbol>/history": "/funding/{symbol}/history",
     "/metrics": "/metrics",
 }
 UNMATCHED_ROUTE = "other"
@@ -122,6 +127,8 @@ class ApiConfig:
     max_data_age_seconds: float = 60.0
     clock: Callable[[], float] = time.time
     started_at: float = field(default_factory=time.time)
+    history: Optional[HistoryReader] = None
+    history_budget_file: Optional[str] = None
 
     @property
     def health_rules(self) -> HealthRules:
@@ -162,8 +169,30 @@ def evaluate_health(view: Optional[SnapshotView], snapshot: StateSnapshot, now: 
         "stateUpdatedAt": view.state_updated_at if view else None,
         "stateLoadedAt": view.loaded_at if view else None,
         "apiUptimeSeconds": round(max(0.0, now - config.started_at), 3),
+        "history": history_health(view, config, now),
     }
     return Health(verdict.healthy, body)
+
+
+def history_health(view: Optional[SnapshotView], config: ApiConfig, now: float) -> Optional[Dict[str, Any]]:
+    """The settlement history's state for /funding/health (informational: it never makes the feed unhealthy)."""
+    if config.history is None:
+        return None
+    try:
+        facts = config.history.facts()
+    except HistoryError as exc:
+        return {"error": str(exc), "lastSettlementTime": None, "lastConfirmedTime": None, "lagSeconds": None,
+                "lagThresholdSeconds": None, "lagging": False}
+    lag = funding_health.judge_history_lag(view.expected_settlement(now) if view else None, facts.last_settlement_ms)
+    return {
+        "error": None,
+        "lastSettlementTime": facts.last_settlement_ms,
+        "lastConfirmedTime": facts.last_confirmed_ms,
+        "expectedSettlementTime": lag.expected_ms,
+        "lagSeconds": lag.lag_seconds,
+        "lagThresholdSeconds": lag.threshold_seconds,
+        "lagging": lag.lagging,
+    }
 
 
 def _object_with_data(data: List[bytes], rest: Dict[str, Any]) -> bytes:
@@ -186,12 +215,16 @@ class JsonBottle(bottle.Bottle):
         return error_body(res.status_code, "http_error", res.status_line)
 
 
-def _reply(status: int, body: bytes, content_type: str = JSON_CONTENT_TYPE) -> bytes:
+def _reply(status: int, body: bytes, content_type: str = JSON_CONTENT_TYPE, cache_control: str = "no-store") -> bytes:
     response = bottle.response
     response.status = status
     response.content_type = content_type
-    response.set_header("Cache-Control", "no-store")
+    response.set_header("Cache-Control", cache_control)
     return body
+
+
+def _history_reply(reply: funding_api_history.Reply) -> bytes:
+    return _reply(reply.status, reply.body, reply.content_type, reply.cache_control)
 
 
 def build_app(views: StateViews, config: ApiConfig, counter: RequestCounter) -> Callable[..., Any]:
@@ -216,6 +249,32 @@ def build_app(views: StateViews, config: ApiConfig, counter: RequestCounter) -> 
         view, snapshot = views.current()
         result = evaluate_health(view, snapshot, config.clock(), config)
         return _reply(200 if result.healthy else 503, dumps(result.body))
+
+    @app.get("/funding/history")
+    def history_at() -> bytes:
+        query = bottle.request.query
+        return _history_reply(funding_api_history.history_at(
+            config.history, {k: query.get(k) for k in ("at", "format")}, bottle.request.get_header("Accept", ""),
+            error_body))
+
+    @app.get("/funding/<symbol>/history")
+    def symbol_history(symbol: str) -> bytes:
+        name = normalise_symbol(symbol)
+        if name is None:
+            return _reply(
+                400,
+                error_body(400, "invalid_symbol", "symbol must match [A-Z0-9_]{1,40}: %r" % echo(symbol)),
+            )
+        if name in RESERVED_NAMES:
+            return _reply(404, error_body(404, "reserved", "%s is an endpoint name, not a symbol" % name))
+        view, _snapshot = views.current()
+        served = view is not None and name in view.records
+        delisted = view is not None and name in getattr(view, "delisted", ())
+        query = bottle.request.query
+        return _history_reply(funding_api_history.symbol_history(
+            config.history, name, {k: query.get(k) for k in ("since", "until", "limit", "format")},
+            served_live=served, delisted=delisted, accept=bottle.request.get_header("Accept", ""),
+            error_body=error_body))
 
     @app.get("/funding/batch")
     def batch() -> bytes:
@@ -356,6 +415,8 @@ def build_app(views: StateViews, config: ApiConfig, counter: RequestCounter) -> 
             counter=counter,
             now=now,
             started_at=config.started_at,
+            history=config.history,
+            history_budget=read_budget_file(config.history_budget_file) if config.history_budget_file else None,
         )
         return _reply(200, body, METRICS_CONTENT_TYPE)
 

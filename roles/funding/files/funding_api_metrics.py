@@ -9,9 +9,11 @@ prometheus_client's own parser to prove the format.
 from __future__ import annotations
 
 import threading
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
+import funding_health
 from funding_api_view import SnapshotView, StateViews
+from funding_history import HistoryError, HistoryReader
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -62,6 +64,47 @@ class _Exposition:
         return ("\n".join(self.lines) + "\n").encode("utf-8")
 
 
+def history_lines(
+    history: Optional[HistoryReader], budget: Optional[Mapping[str, Any]], view: Optional[SnapshotView], now: float
+) -> List[str]:
+    """The settlement history and the recorder's REST use. These come from files every API process reads alike
+    (the database, the budget file): they are the same in every worker and must not be summed across workers."""
+    out = _Exposition()
+    if history is None:
+        return out.lines
+    try:
+        facts = history.facts()
+        ok = True
+    except HistoryError:
+        facts, ok = None, False
+    out.single("funding_history_ok", "gauge", "1 when the settlement history database can be read.", 1 if ok else 0)
+    if facts is not None:
+        lag = funding_health.judge_history_lag(view.expected_settlement(now) if view else None,
+                                               facts.last_settlement_ms)
+        out.single("funding_history_last_settlement_timestamp_seconds", "gauge",
+                   "Funding time of the newest settlement stored.",
+                   None if facts.last_settlement_ms is None else facts.last_settlement_ms / 1000.0)
+        out.single("funding_history_last_confirmed_timestamp_seconds", "gauge",
+                   "Funding time of the newest settlement confirmed by REST.",
+                   None if facts.last_confirmed_ms is None else facts.last_confirmed_ms / 1000.0)
+        out.single("funding_history_lag_seconds", "gauge",
+                   "How far the newest stored settlement is behind the latest one the live state proves.",
+                   lag.lag_seconds)
+    if budget is not None:
+        out.single("funding_history_rest_requests_total", "counter",
+                   "fundingRate requests the recorder made (weight 1 each, in the 500/5 min bucket).",
+                   budget.get("requests_total"))
+        out.family("funding_history_rest_refused_total", "counter",
+                   "fundingRate requests Binance refused: 429 (over the limit) and 418 (banned).",
+                   [('status="429"', budget.get("throttled_total")), ('status="418"', budget.get("banned_total"))])
+        out.single("funding_history_rest_tokens", "gauge", "Requests the recorder may make right now (its bucket).",
+                   budget.get("tokens"))
+        out.single("funding_history_rest_not_before_timestamp_seconds", "gauge",
+                   "No fundingRate request before this time (Retry-After of the last 429/418).",
+                   budget.get("not_before"))
+    return out.lines
+
+
 def render_metrics(
     *,
     views: StateViews,
@@ -71,6 +114,8 @@ def render_metrics(
     counter: RequestCounter,
     now: float,
     started_at: float,
+    history: Optional[HistoryReader] = None,
+    history_budget: Optional[Mapping[str, Any]] = None,
 ) -> bytes:
     out = _Exposition()
     oldest, newest = view.data_ages(now) if view else (None, None)
@@ -132,6 +177,19 @@ def render_metrics(
         "Failed reconnect attempts since the last successful connection.",
         status("reconnect_attempts"),
     )
+    out.single(
+        "funding_daemon_interval_changes_total",
+        "counter",
+        "Funding interval changes the daemon saw (fundingInfo or the spacing of nextFundingTime), since it started.",
+        status("interval_changes"),
+    )
+    out.single(
+        "funding_daemon_funding_info_errors_total",
+        "counter",
+        "fundingInfo answers that failed or were garbage or partial (the last good terms were kept).",
+        status("funding_info_errors"),
+    )
+    out.lines.extend(history_lines(history, history_budget, view, now))
     out.family(
         "funding_api_requests_total",
         "counter",

@@ -28,6 +28,8 @@ import funding_systemd
 from funding_api_app import JSON_HEADERS, ApiConfig, build_app, error_body
 from funding_api_metrics import RequestCounter
 from funding_api_view import StateViews
+from funding_history import HistoryReader
+from funding_rest_budget import default_budget_path
 from funding_state import StateReader
 from waitress.channel import HTTPChannel
 from waitress.server import TcpWSGIServer
@@ -46,7 +48,7 @@ CONNECTION_LIMIT = S.API_CONNECTION_LIMIT
 CHANNEL_TIMEOUT = S.API_CHANNEL_TIMEOUT
 SETTINGS = (
     HOST, PORT, S.STATE_FILE, STALE_SECONDS, S.DISCONNECT_GRACE, S.MAX_MESSAGE_AGE, THREADS, CONNECTION_LIMIT,
-    CHANNEL_TIMEOUT, S.LOG_LEVEL,
+    CHANNEL_TIMEOUT, S.HISTORY_DB, S.LOG_LEVEL,
 )
 
 # A 1000-symbol batch URL is about 41 KB; the application answers 414 above 64 KiB of query,
@@ -184,8 +186,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     quiet_waitress(level)
     state_file = values[funding_settings.STATE_FILE.env]
     views = StateViews(StateReader(state_file))
+    history_db = values[funding_settings.HISTORY_DB.env]
     config = ApiConfig(
-        stale_seconds=values[STALE_SECONDS.env], disconnect_grace_seconds=values[funding_settings.DISCONNECT_GRACE.env]
+        stale_seconds=values[STALE_SECONDS.env], disconnect_grace_seconds=values[funding_settings.DISCONNECT_GRACE.env],
+        history=HistoryReader(history_db), history_budget_file=default_budget_path(history_db),
     )
     counter = RequestCounter()
     app = build_app(views, config, counter)

@@ -15,10 +15,11 @@ import threading
 import time
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
+import funding_health
 import funding_json
 import funding_terms
 from funding_health import FeedSnapshot
-from funding_state import StateReader, StateSnapshot, finite_number, is_whole_number
+from funding_state import StateReader, StateSnapshot, finite_number, is_whole_number, settlement_ok
 
 log = logging.getLogger("funding_api")
 
@@ -68,8 +69,8 @@ class SymbolRecord:
     (funding_terms.derived_fields) are computed here, once per loaded state file.
     """
 
-    __slots__ = ("annualized", "cap_usage", "funding_rate", "head", "interval_hours", "next_funding_ms", "symbol",
-                 "updated_at")
+    __slots__ = ("annualized", "cap_usage", "funding_rate", "head", "interval_hours", "last_settled_ms",
+                 "next_funding_ms", "symbol", "updated_at")
 
     def __init__(self, symbol: str, record: Mapping[str, Any]) -> None:
         self.symbol = symbol
@@ -79,6 +80,8 @@ class SymbolRecord:
         next_funding = record.get("nextFundingTime")
         self.next_funding_ms: Optional[int] = next_funding if is_whole_number(next_funding) else None
         self.interval_hours = funding_terms.interval_or_default(record)
+        settled = record.get("lastSettlement")
+        self.last_settled_ms: Optional[int] = settled["fundingTime"] if settlement_ok(settled) else None
         derived = funding_terms.derived_fields(record)
         self.annualized = derived["fundingRateAnnualized"]
         self.cap_usage = derived["capUsage"]
@@ -163,6 +166,11 @@ class SnapshotView:
         self.connection_status: Dict[str, Any] = {key: json_scalar(value) for key, value in status.items()}
         self.feed = FeedSnapshot(self.connection_status, self.count, self.oldest_updated_at, self.newest_updated_at)
         self._sorted: Dict[str, List[SymbolRecord]] = {}
+
+    def expected_settlement(self, now: float) -> Optional[Tuple[int, int]]:
+        """The latest settlement the state proves (funding_health.latest_expected_settlement)."""
+        return funding_health.latest_expected_settlement(
+            ((r.next_funding_ms, r.interval_hours, r.last_settled_ms) for r in self.records.values()), int(now * 1000))
 
     def status_number(self, key: str) -> Optional[float]:
         return finite_number(self.connection_status.get(key))
