@@ -391,6 +391,7 @@ class Simulator:
         self.rest_requests = 0
         self.funding_bucket = RestBucket(config.funding_rest_limit)
         self.funding_requests = {"fundingInfo": 0, "fundingRate": 0}
+        self.funding_refused: Dict[str, int] = {}
         self.port = 0
         self._background: Set[asyncio.Task] = set()
 
@@ -476,6 +477,7 @@ class Simulator:
         else:
             status, retry_after = self.funding_bucket.admit()
         if status != 200:
+            self.funding_refused[str(status)] = self.funding_refused.get(str(status), 0) + 1
             msg = ("Way too many requests; IP banned until later." if status == 418 else
                    "Too many requests; current limit of IP is 500 requests per 5 minutes.")
             response = self._respond(connection, status, {"code": -1003, "msg": msg})
@@ -503,6 +505,7 @@ class Simulator:
             "lastFundingTime": ledger.rows[-1][0] if ledger.rows else None,
             "intervalSwitches": list(ledger.interval_switches),
             "requests": dict(self.funding_requests),
+            "refused": dict(self.funding_refused),
             "bucket": self.funding_bucket.describe(),
         }
         if symbol is not None:
