@@ -230,8 +230,10 @@ class Recorder:
         if usable:
             self.report.rest_rows += self.writer.add_rest(usable, now)
             settled = [r.funding_time for r in usable if r.reported_time < self.settled_before]
-            if settled:
-                self.cursor = max(self.cursor, *settled)
+            if settled and max(settled) > self.cursor:
+                # Saved as it moves, so a run stopped by the budget (or killed) is continued, not started over.
+                self.cursor = max(settled)
+                self.meta_update(rest_cursor_ms=self.cursor)
             confirmed = max(r.funding_time for r in usable)
             if confirmed > (_int(self.meta.get("last_confirmed_ms")) or 0):
                 self.meta_update(last_confirmed_ms=confirmed)
