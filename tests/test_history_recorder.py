@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import funding_rest_budget
+import funding_state
 import pytest
 from conftest import PROGRAMS
 from test_daemon import daemon_factory  # noqa: F401, F811  (fixture)
@@ -170,25 +171,38 @@ def test_a_settlement_is_recorded_from_the_stream_at_once_and_confirmed_by_rest(
     assert second.returncode == 0, second.stderr
     after = {(s, t): (rate, source) for s, t, rate, _, source in rows(db)}
     truth = ledger(sim)
-    for key in from_stream:
+    settled = [key for key in from_stream if key in truth]  # COIN-M rows on the array settle too; REST has none
+    assert len(settled) >= 50
+    for key in settled:
         assert after[key] == (truth[key][0], "rest"), key
-    agree = sum(1 for key, value in from_stream.items() if value[0] == truth[key][0])
-    assert agree >= 0.9 * len(from_stream), "the stream's last value is the settled rate (%d/%d)" % (
-        agree, len(from_stream))
+    agree = sum(1 for key in settled if from_stream[key][0] == truth[key][0])
+    assert agree >= 0.9 * len(settled), "the stream's last value is the settled rate (%d/%d)" % (agree, len(settled))
 
 
-def test_gaps_left_by_a_rest_outage_are_filled_when_it_answers_again(simulator_factory, tmp_path, no_state):
+def state_from(sim, path: Path) -> Path:
+    """A state file like the daemon's, from what the simulator last pushed (no lastSettlement: REST only)."""
+    now = time.time()
+    records = {symbol: {"fundingRate": v["fundingRate"], "markPrice": v["markPrice"], "indexPrice": v["indexPrice"],
+                        "nextFundingTime": v["nextFundingTime"], "updatedAt": now, "eventTime": v["eventTime"]}
+               for symbol, v in sim.symbols().items() if v["perpetual"]}
+    funding_state.write_state_atomic(str(path), funding_state.build_payload(
+        records, funding_state.new_connection_status(connected=True), now, 1))
+    return path
+
+
+def test_gaps_left_by_a_rest_outage_are_filled_when_it_answers_again(simulator_factory, tmp_path):
     sim = fast_simulator(simulator_factory)
     db = tmp_path / "history.sqlite3"
-    assert run_recorder(db, sim.rest_url, no_state).returncode == 0
+    state = state_from(sim, tmp_path / "state.json")
+    assert run_recorder(db, sim.rest_url, state).returncode == 0
     before = sim.funding()["lastFundingTime"]
     sim.set_fault("rest_outage")
     time.sleep(10)  # every 8 h symbol settles once more, 1 h symbols ten times
-    outage = run_recorder(db, sim.rest_url, no_state)
+    outage = run_recorder(db, sim.rest_url, state_from(sim, state))
     assert outage.returncode == 0 and "fundingRate failed" in outage.stderr
     assert max(t for _, t, *_ in rows(db)) < before + 2_000
     sim.clear_fault("rest_outage")
-    after = run_recorder(db, sim.rest_url, no_state)
+    after = run_recorder(db, sim.rest_url, state_from(sim, state))
     assert after.returncode == 0 and "fundingRate answers again" in after.stderr, after.stderr
     cursor = max(t for _, t, *_ in rows(db))
     assert cursor > before + 8_000

@@ -287,9 +287,10 @@ class Market:
         """Every funding time up to now: the live rate (last published) is settled; T moves on by the interval."""
         funding_time = quote.next_funding_time
         while 0 < funding_time <= now_ms:
-            self.ledger.record(spec.symbol, funding_time + late_ms(spec.symbol), quote.rate_text, quote.mark_text)
-            self.ledger.settled_live += 1
-            switch_interval(spec, float(quote.rate_text), self.ledger, funding_time)
+            if spec.trading_perpetual:  # COIN-M rows on the array keep their T moving, but USDⓈ-M REST has no rows
+                self.ledger.record(spec.symbol, funding_time + late_ms(spec.symbol), quote.rate_text, quote.mark_text)
+                self.ledger.settled_live += 1
+                switch_interval(spec, float(quote.rate_text), self.ledger, funding_time)
             funding_time = self.funding_clock.next_time(funding_time, spec.funding_interval_hours)
         quote.next_funding_time = funding_time
 

@@ -208,6 +208,9 @@ class Recorder:
         try:
             rows, problems = funding_rates(self.client, symbol=symbol, start_ms=start, end_ms=end, limit=PAGE_LIMIT)
         except RestError as exc:
+            if exc.status == 400 and symbol is not None:
+                log.debug("fundingRate does not know %s (%s): its stream rows stay unconfirmed", symbol, exc)
+                return []
             if exc.status in (418, 429):
                 wait = self.budget.refused(exc.status, exc.retry_after)
                 log.warning("fundingRate answered HTTP %d: no REST for %.0f s (Retry-After %r); status=%d",
