@@ -115,9 +115,12 @@ def prefill(ledger: FundingLedger, specs: Any, clock: FundingClock, now_ms: int,
             past.append((t + late_ms(spec.symbol), "%.8f" % rate if abs(rate) >= 5e-9 else "0.00000000",
                          "%.8f" % round(mark, spec.tick_decimals)))
             t -= step
+        own = ledger.by_symbol.setdefault(spec.symbol, [])
         for funding_time, rate_text, mark_text in reversed(past):
-            ledger.record(spec.symbol, funding_time, rate_text, mark_text)
+            ledger.rows.append((funding_time, spec.symbol, rate_text, mark_text))
+            own.append((funding_time, rate_text, mark_text))
             count += 1
+        own.sort()
     ledger.rows.sort()
     return count
 
