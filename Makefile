@@ -1,5 +1,9 @@
-# Thin entry points; the work is in scripts/.
-.PHONY: test unit lint molecule demo demo-down bench wheelhouse bootstrap
+# Thin entry points; the work is in scripts/. `make` alone lists them.
+.PHONY: help test unit lint molecule demo demo-down bench wheelhouse bootstrap
+.DEFAULT_GOAL := help
+
+help:            ## this list
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):[^#]*## /  make \1\t/' | expand -t 22
 
 test:            ## everything CI runs: lint, pytest, every Molecule scenario (installs what is missing)
 	bash scripts/test.sh all

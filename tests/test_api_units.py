@@ -11,6 +11,7 @@ import sys
 import time
 
 import funding_api_server
+import funding_api_view
 import funding_state
 import pytest
 from funding_api_app import ApiConfig, build_app
@@ -267,3 +268,8 @@ def test_the_json_error_assertion_rejects_an_html_error_page():
     # A guard for the helper the HTTP tests rely on: a non-JSON body must fail it.
     with pytest.raises(AssertionError):
         assert_json_error(Reply(404, {"content-type": "text/html"}, b"<h1>nope</h1>"), 404)
+
+
+def test_every_key_an_answer_serves_is_a_key_of_the_state_files_symbol_record():
+    contract = {f.key for f in funding_state.SYMBOL_RECORD_FIELDS}
+    assert set(funding_api_view.RECORD_KEYS + funding_api_view.OPTIONAL_RECORD_KEYS) <= contract

@@ -23,6 +23,7 @@ from fakes.support import (
     FakeSystemd,
     closed_url,
     daemon_state,
+    rendered_sudoers,
     run_fake,
     run_program,
     write_state,
@@ -632,6 +633,18 @@ def test_fake_sudo_allows_exactly_the_granted_commands(systemd, verb, unit):
     result = run_fake([str(FAKE_SUDO), "-n", str(FAKE_SYSTEMCTL), verb, unit], systemd)
     assert result.returncode == 0, result.stderr
     assert not any("REJECTED" in line for line in systemd.calls())
+
+
+def test_fake_sudo_grants_what_the_rendered_sudoers_file_grants_and_nothing_else(systemd, tmp_path):
+    rendered = rendered_sudoers().read_text()
+    assert "NOPASSWD: %s restart %s" % (FAKE_SYSTEMCTL, WS_UNIT) in rendered
+    only_restart = tmp_path / "sudoers"
+    only_restart.write_text("".join(line + "\n" for line in rendered.splitlines() if " restart %s" % WS_UNIT in line))
+    systemd.env = lambda: {**FakeSystemd.env(systemd), "FAKE_SUDOERS": str(only_restart)}
+    allowed = run_fake([str(FAKE_SUDO), "-n", str(FAKE_SYSTEMCTL), "restart", WS_UNIT], systemd)
+    refused = run_fake([str(FAKE_SUDO), "-n", str(FAKE_SYSTEMCTL), "status", WS_UNIT], systemd)
+    assert allowed.returncode == 0, allowed.stderr
+    assert refused.returncode == 1 and "a password is required" in refused.stderr
 
 
 def test_fake_systemctl_refuses_a_restart_without_sudo(systemd):

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
 import binance_funding_ws_daemon
 import funding_api_server
 import funding_health_monitor
+import funding_rest
 import funding_rest_comparison
 import funding_settings
 import pytest
+from funding_api_app import ApiConfig, build_app
+from funding_api_metrics import RequestCounter
+from funding_api_view import StateViews
 from funding_settings import REGISTRY, Setting, resolve
+from funding_state import StateReader
+from funding_version import VERSION
 from role_templates import parse_env_file, render
+from test_api_support import call
 
 PROGRAMS = {
     "binance_funding_ws_daemon.py": binance_funding_ws_daemon,
@@ -92,3 +100,17 @@ def test_a_setting_defined_twice_is_refused():
     namespace = {"A": funding_settings.LOG_LEVEL, "B": twin}
     with pytest.raises(RuntimeError, match="FUNDING_LOG_LEVEL is defined twice"):
         funding_settings.collect_registry(namespace.values())
+
+
+@pytest.mark.parametrize("program", sorted(PROGRAMS))
+def test_every_program_reports_the_one_project_version(program):
+    done = subprocess.run([sys.executable, str(funding_settings.__file__).replace("funding_settings.py", program),
+                           "--version"], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0 and done.stdout.split()[-1] == VERSION, done.stdout + done.stderr
+
+
+def test_the_api_index_and_the_rest_user_agent_carry_the_same_version(tmp_path):
+    app = build_app(StateViews(StateReader(str(tmp_path / "none.json"))), ApiConfig(), RequestCounter())
+    status, _, body = call(app, "/")
+    assert status == 200 and json.loads(body)["version"] == VERSION
+    assert funding_rest.USER_AGENT == "binance-funding/" + VERSION

@@ -5,12 +5,26 @@ from __future__ import annotations
 import json
 import re
 import time
+from pathlib import Path
 from typing import Any, Callable, Dict, Tuple
+
+import yaml
 
 API = "http://127.0.0.1:8888"
 SIMULATOR = "http://127.0.0.1:9000"
 UNITS = ("binance-funding-ws.service", "binance-funding-api.service")
 ALL_UNITS = UNITS + ("funding-health-check.service", "funding-health-check.timer")
+
+
+ROLE_DEFAULTS = Path(__file__).resolve().parents[2] / "roles" / "funding" / "defaults" / "main.yml"
+
+
+def deployment(host: Any) -> Dict[str, Any]:
+    """The role's variables for this host: its inventory's values over the role defaults."""
+    values = yaml.safe_load(ROLE_DEFAULTS.read_text())
+    values.update({k: v for k, v in host.ansible.get_variables().items() if k in values})
+    values["state_file"] = "%s/%s" % (values["funding_state_dir"], values["funding_state_file_name"])
+    return values
 
 
 def http(host: Any, url: str, method: str = "GET", data: str = "") -> Tuple[int, str]:

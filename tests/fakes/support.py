@@ -6,11 +6,15 @@ is the test's handle on that directory.
 
 from __future__ import annotations
 
+import atexit
+import functools
+import getpass
 import json
 import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -18,6 +22,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import funding_state
+from role_templates import render
 
 FAKES = Path(__file__).resolve().parent
 REPO = FAKES.parent.parent
@@ -27,6 +32,21 @@ FAKE_SUDO = FAKES / "sudo"
 WS_UNIT = "binance-funding-ws.service"
 API_UNIT = "binance-funding-api.service"
 PROGRAM_TIMEOUT = 90
+
+
+@functools.cache
+def rendered_sudoers() -> Path:
+    """The role's sudoers drop-in, rendered by Ansible for this user with the fake systemctl: what fake sudo grants."""
+    text = render(
+        "funding-health-monitor.sudoers.j2",
+        {"funding_user": getpass.getuser(), "funding_systemctl_path": str(FAKE_SYSTEMCTL)},
+    )
+    handle, name = tempfile.mkstemp(prefix="funding-sudoers-", suffix=".rendered")
+    with os.fdopen(handle, "w") as out:
+        out.write(text)
+    path = Path(name)
+    atexit.register(path.unlink)
+    return path
 
 
 class FakeSystemd:
@@ -56,6 +76,7 @@ class FakeSystemd:
     def env(self) -> Dict[str, str]:
         return {
             "FAKE_SYSTEMD_DIR": str(self.root),
+            "FAKE_SUDOERS": str(rendered_sudoers()),
             "FUNDING_SYSTEMCTL": str(FAKE_SYSTEMCTL),
             "FUNDING_SUDO": str(FAKE_SUDO),
         }
@@ -133,7 +154,7 @@ def run_program(
 def run_fake(argv: Sequence[str], systemd: FakeSystemd) -> subprocess.CompletedProcess:
     """Run a fake (sudo or systemctl) directly, as the monitor would."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FAKE_")}
-    env["FAKE_SYSTEMD_DIR"] = str(systemd.root)
+    env.update({k: v for k, v in systemd.env().items() if k.startswith("FAKE_")})
     return subprocess.run(list(argv), env=env, capture_output=True, text=True, timeout=30, check=False)
 
 

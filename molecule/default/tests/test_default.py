@@ -9,7 +9,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from funding_box import ALL_UNITS, API, SIMULATOR, UNITS, exposure, get_json, http, journal, wait_for
+from funding_box import ALL_UNITS, API, SIMULATOR, UNITS, deployment, exposure, get_json, http, journal, wait_for
+from prometheus_client.parser import text_string_to_metric_families
 
 
 @pytest.mark.parametrize("unit", UNITS)
@@ -84,16 +85,33 @@ def test_dated_contracts_are_not_served(host):
 
 
 def test_state_file_is_owned_by_the_service_user_and_world_readable(host):
-    state = host.file("/var/lib/binance-funding/.funding_state.json")
+    box = deployment(host)
+    state = host.file(box["state_file"])
     assert state.exists
-    assert (state.user, state.group, state.mode) == ("funding", "funding", 0o644)
+    assert (state.user, state.group, state.mode) == (box["funding_user"], box["funding_group"], 0o644)
     assert json.loads(state.content_string)["connection_status"]["connected"] is True
 
 
 def test_service_user_has_no_login_shell(host):
-    user = host.user("funding")
+    name = deployment(host)["funding_user"]
+    user = host.user(name)
     assert user.shell in ("/usr/sbin/nologin", "/sbin/nologin")
-    assert not host.file("/home/funding").exists
+    assert not host.file("/home/%s" % name).exists
+
+
+def test_programs_and_their_virtualenv_are_in_the_hosts_install_dir(host):
+    box = deployment(host)
+    for program in ("binance_funding_ws_daemon.py", "funding_api_server.py", "funding_health_monitor.py"):
+        assert host.file("%s/bin/%s" % (box["funding_install_dir"], program)).is_file
+    assert host.file("%s/venv/bin/python" % box["funding_install_dir"]).exists
+
+
+@pytest.mark.parametrize("unit", ALL_UNITS)
+def test_every_documentation_link_of_a_unit_exists(host, unit):
+    links = host.check_output("systemctl show -p Documentation --value %s" % unit).split()
+    assert links, unit
+    for link in links:
+        assert link.startswith("file://") and host.file(link[len("file://"):]).is_file, link
 
 
 def test_sudoers_rule_is_0440_and_valid(host):
@@ -103,7 +121,7 @@ def test_sudoers_rule_is_0440_and_valid(host):
 
 
 def test_sudo_grants_the_service_user_exactly_restart_status_and_is_active_of_the_two_units(host):
-    listing = host.check_output("sudo -l -U funding")
+    listing = host.check_output("sudo -l -U %s" % deployment(host)["funding_user"])
     granted = set()
     for line in listing.splitlines():
         if "NOPASSWD:" in line:
@@ -116,7 +134,8 @@ def test_sudo_grants_the_service_user_exactly_restart_status_and_is_active_of_th
 
 @pytest.mark.parametrize("unit", UNITS)
 def test_service_user_can_restart_the_unit_through_sudo(host, unit):
-    result = host.run("runuser -u funding -- sudo -n /usr/bin/systemctl restart %s" % unit)
+    user = deployment(host)["funding_user"]
+    result = host.run("runuser -u %s -- sudo -n /usr/bin/systemctl restart %s" % (user, unit))
     assert result.rc == 0, result.stderr
     wait_for(lambda: host.service(unit).is_running, timeout=30, what="%s running again" % unit)
 
@@ -134,7 +153,7 @@ def test_service_user_can_restart_the_unit_through_sudo(host, unit):
     ],
 )
 def test_service_user_may_run_nothing_else_through_sudo(host, command):
-    result = host.run("runuser -u funding -- sudo -n %s" % command)
+    result = host.run("runuser -u %s -- sudo -n %s" % (deployment(host)["funding_user"], command))
     assert result.rc != 0, "sudo allowed: %s" % command
 
 
@@ -166,10 +185,22 @@ def test_daemon_journal_shows_the_url_it_connects_to(host):
     assert "ws://127.0.0.1:9000/market/stream?streams=!markPrice@arr" in journal(host, "binance-funding-ws", 500)
 
 
-def test_metrics_are_prometheus_text(host):
-    status, body = http(host, API + "/metrics")
-    assert status == 200
-    assert "# TYPE" in body and "funding_" in body
+def test_metrics_parse_as_prometheus_text_and_agree_with_health(host):
+    # The scrape happens in the box; the exposition is parsed here, on the controller, by Prometheus' own parser.
+    expected = get_json(host, SIMULATOR + "/_sim/status")[1]["perpetualCount"]
+
+    def steady_scrape():
+        status, body = http(host, API + "/metrics")
+        assert status == 200, body
+        samples = {s.name: s for family in text_string_to_metric_families(body) for s in family.samples}
+        steady = samples["funding_daemon_connected"].value == 1 and samples["funding_symbols"].value == expected
+        return steady and samples
+
+    samples = wait_for(steady_scrape, timeout=60, what="a connected daemon with every symbol in /metrics")
+    assert samples["funding_api_up"].value == 1
+    assert samples["funding_api_healthy"].value == 1
+    assert samples["funding_state_file_ok"].value == 1
+    assert "funding_api_requests_total" in samples
 
 
 def test_check_mode_on_the_converged_host_changes_nothing_and_fails_nothing(host):

@@ -50,7 +50,7 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Deque, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from binance_sim_faults import (
@@ -139,24 +139,22 @@ def _non_negative_hours(text: str) -> float:
     return value
 
 
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be 0..65535, got {value}")
-    return value
+def _whole_number(low: int, high: int, what: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be {low}..{high}, got {value}")
+        return value
+
+    return parse
 
 
-def _symbol_count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if not 1 <= value <= 20_000:
-        raise argparse.ArgumentTypeError(f"must be 1..20000, got {value}")
-    return value
+_port = _whole_number(0, 65535, "a port number")
+_symbol_count = _whole_number(1, 20_000, "an integer")
+_request_limit = _whole_number(1, 1_000_000, "a number of requests")
 
 
 def _fault(text: str) -> Tuple[str, Dict[str, Any]]:
@@ -197,7 +195,7 @@ OPTIONS = (
      "seconds one funding hour lasts (0: a real hour); an 8 h symbol then settles every 8 x this"),
     ("--funding-history-hours", "SIM_FUNDING_HISTORY_HOURS", "168", _non_negative_hours,
      "funding hours of settlements the ledger holds at start (what a backfill finds)"),
-    ("--funding-rest-limit", "SIM_FUNDING_REST_LIMIT", "500", _symbol_count,
+    ("--funding-rest-limit", "SIM_FUNDING_REST_LIMIT", "500", _request_limit,
      "requests per 5 minutes that fundingInfo and fundingRate share (then 429, then 418)"),
 )
 

@@ -12,7 +12,6 @@ Threads:
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import random
@@ -648,12 +647,8 @@ def load_previous_state(path: str) -> Dict[str, Dict[str, Any]]:
     return records
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--version", action="version", version="%(prog)s 1.0")
-
-
 def main(argv: Optional[List[str]] = None) -> int:
-    _args, config = funding_settings.load(PROG, DESCRIPTION, SETTINGS, argv, add_arguments)
+    _args, config = funding_settings.load(PROG, DESCRIPTION, SETTINGS, argv)
     funding_settings.setup_logging(config["FUNDING_LOG_LEVEL"], PROG)
     url = config["FUNDING_WS_URL"]
     path = config["FUNDING_STATE_FILE"]

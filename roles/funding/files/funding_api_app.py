@@ -63,11 +63,12 @@ from funding_history import HistoryError, HistoryReader
 from funding_json import dumps
 from funding_rest_budget import read_budget_file
 from funding_state import StateSnapshot
+from funding_version import VERSION
 
 log = logging.getLogger("funding_api")
 
 SERVICE_NAME = "Binance Funding Rate API"
-API_VERSION = "2.0.0"
+API_VERSION = VERSION
 JSON_CONTENT_TYPE = "application/json"
 JSON_HEADERS = [("Content-Type", JSON_CONTENT_TYPE), ("Cache-Control", "no-store")]
 ALLOWED_METHODS = "GET, HEAD"

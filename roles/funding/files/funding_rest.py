@@ -10,17 +10,19 @@ names the URL and says what went wrong, and whose `kind` lets a caller tell
 from __future__ import annotations
 
 import ipaddress
-import json
 import math
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar
 from urllib.parse import urlencode, urlsplit
 
+import funding_json
 import requests
+from funding_version import VERSION
 
-USER_AGENT = "binance-funding/1.0"
+USER_AGENT = "binance-funding/%s" % VERSION
+_Self = TypeVar("_Self", bound="_Closable")
 BODY_PREVIEW_CHARS = 60
 SYMBOL_NAME = re.compile(r"[A-Z0-9_]{1,40}")
 HTML_TITLE = re.compile(r"<title[^>]*>([^<]*)</title>", re.IGNORECASE)
@@ -68,7 +70,20 @@ def _preview(data: bytes) -> str:
     return " ".join(text.split())[:BODY_PREVIEW_CHARS]
 
 
-class JsonHttpClient:
+class _Closable:
+    """A context manager that closes the object on exit."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _Self) -> _Self:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class JsonHttpClient(_Closable):
     """GET JSON from one base URL with a timeout; raise RestError on any failure."""
 
     def __init__(self, base_url: str, timeout: float) -> None:
@@ -82,12 +97,6 @@ class JsonHttpClient:
 
     def close(self) -> None:
         self._session.close()
-
-    def __enter__(self) -> "JsonHttpClient":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
     def url_for(self, path: str, params: Optional[Mapping[str, str]] = None) -> str:
         url = self.base_url + path
@@ -127,7 +136,7 @@ class JsonHttpClient:
                 "%s: answered HTML, not JSON (%s)" % (url, _preview(data)), RestError.NOT_JSON, status
             )
         try:
-            body = json.loads(data)
+            body = funding_json.loads(data)
         except (ValueError, UnicodeDecodeError):
             raise RestError(
                 "%s: answer is not valid JSON (%s)" % (url, _preview(data) or "empty body"), RestError.NOT_JSON, status
@@ -162,27 +171,26 @@ class ShapeError(ValueError):
     pass
 
 
+def _converted(value: Any, name: str, convert: Callable[[Any], Any], what: str) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ShapeError("%s is %r, not %s" % (name, value, what))
+    try:
+        return convert(value)
+    except ValueError:
+        raise ShapeError("%s is %r, not %s" % (name, value, what)) from None
+
+
 def _number(value: Any, name: str, allow_empty: bool = False) -> Optional[float]:
     if allow_empty and (value is None or value == ""):
         return None
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise ShapeError("%s is %r, not a number" % (name, value))
-    try:
-        number = float(value)
-    except ValueError:
-        raise ShapeError("%s is %r, not a number" % (name, value)) from None
+    number = _converted(value, name, float, "a number")
     if not math.isfinite(number):
         raise ShapeError("%s is %r, not a finite number" % (name, value))
     return number
 
 
 def _millis(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ShapeError("%s is %r, not a time in ms" % (name, value))
-    try:
-        millis = int(value)
-    except ValueError:
-        raise ShapeError("%s is %r, not a time in ms" % (name, value)) from None
+    millis = _converted(value, name, int, "a time in ms")
     if millis < 0:
         raise ShapeError("%s is negative" % name)
     return millis
@@ -213,7 +221,7 @@ def parse_premium_index(entry: Any) -> PremiumIndex:
     )
 
 
-class BinanceRest:
+class BinanceRest(_Closable):
     """The three public USDⓈ-M endpoints the monitor and the comparison tool use."""
 
     def __init__(self, base_url: str, timeout: float) -> None:
@@ -221,12 +229,6 @@ class BinanceRest:
 
     def close(self) -> None:
         self.http.close()
-
-    def __enter__(self) -> "BinanceRest":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
     def ping(self) -> float:
         """Seconds the ping took; RestError if Binance did not answer with {}."""

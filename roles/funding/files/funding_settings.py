@@ -20,6 +20,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence
 from urllib.parse import urlsplit
 
+from funding_state import DEFAULT_STATE_FILE
+from funding_version import VERSION
+
 
 @dataclass(frozen=True)
 class Setting:
@@ -106,9 +109,7 @@ def unit_name(text: str) -> str:
 
 # --------------------------------------------------------------------------- shared
 LOG_LEVEL = Setting("FUNDING_LOG_LEVEL", "INFO", "log level: DEBUG, INFO, WARNING, ERROR", log_level)
-STATE_FILE = Setting(
-    "FUNDING_STATE_FILE", "/var/lib/binance-funding/.funding_state.json", "path of the shared state file"
-)
+STATE_FILE = Setting("FUNDING_STATE_FILE", DEFAULT_STATE_FILE, "path of the shared state file")
 REST_URL = Setting(
     "FUNDING_REST_URL",
     "https://fapi.binance.com",
@@ -284,12 +285,14 @@ def build_parser(prog: str, description: str, settings: Sequence[Setting]) -> ar
     lines = ["environment variables (default in brackets):"]
     for s in settings:
         lines.append("  %-*s  %s [%s]" % (width, s.env, s.help, s.default))
-    return argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(
         prog=prog,
         description=description,
         epilog="\n".join(lines),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version="%(prog)s " + VERSION)
+    return parser
 
 
 def resolve(settings: Sequence[Setting], environ: Optional[Mapping[str, str]] = None) -> Dict[str, Any]:

@@ -74,9 +74,6 @@ SYMBOL_RECORD_FIELDS: Tuple[RecordField, ...] = (
                 "the stream's last value before the last settlement the daemon saw: "
                 "{fundingTime, fundingRate, markPrice, eventTime}"),
 )
-SYMBOL_RECORD_KEYS: Tuple[str, ...] = tuple(f.key for f in SYMBOL_RECORD_FIELDS)
-SYMBOL_NUMBER_KEYS: Tuple[str, ...] = tuple(f.key for f in SYMBOL_RECORD_FIELDS if f.kind == NUMBER)
-SYMBOL_INTEGER_KEYS: Tuple[str, ...] = tuple(f.key for f in SYMBOL_RECORD_FIELDS if f.kind == INTEGER)
 
 
 def finite_number(value: Any) -> Optional[float]:
