@@ -130,9 +130,10 @@ class SimulatorClient:
     def status(self) -> Dict[str, Any]:
         return self.get_json("/_sim/status")
 
-    def symbols(self) -> Dict[str, Dict[str, Any]]:
-        """Values last pushed per symbol, as numbers (fundingRate None for dated contracts)."""
-        return self.get_json("/_sim/symbols")
+    def symbols(self, include_coin_m: bool = False) -> Dict[str, Dict[str, Any]]:
+        """Values last pushed per contract of exchangeInfo, as numbers (fundingRate None when a row carries no
+        funding: dated, SETTLING, PENDING_TRADING); `include_coin_m` adds the COIN-M rows the array also carries."""
+        return self.get_json("/_sim/symbols" + ("?all=1" if include_coin_m else ""))
 
     def perpetuals(self) -> Dict[str, Dict[str, Any]]:
         """Every TRADING perpetual of exchangeInfo, TradFi included: what a client must serve."""

@@ -85,14 +85,15 @@ class Market:
 
     shard_count = 2
 
-    def __init__(self, seed: int, symbol_count: int, now_ms: int, funding_period_seconds: Optional[float] = None,
-                 funding_history_hours: float = 0.0) -> None:
+    def __init__(self, seed: int, symbol_count: int, now_ms: int, tradfi_count: Optional[int] = None, *,
+                 funding_period_seconds: Optional[float] = None, funding_history_hours: float = 0.0) -> None:
         self.seed = seed
         self.funding_clock = FundingClock(funding_period_seconds)
         self.ledger = FundingLedger()
         self.rng = random.Random(seed ^ 0x5EED)
         self.listing_rng = random.Random(seed ^ 0x11571)
-        self.specs: Dict[str, SymbolSpec] = {spec.symbol: spec for spec in build_universe(seed, symbol_count)}
+        universe = build_universe(seed, symbol_count, tradfi_count)
+        self.specs: Dict[str, SymbolSpec] = {spec.symbol: spec for spec in universe}
         self.quotes: Dict[str, Quote] = {}
         self.shards: List[List[str]] = [[] for _ in range(self.shard_count)]
         self.array_shards: List[List[str]] = [[] for _ in range(self.shard_count)]

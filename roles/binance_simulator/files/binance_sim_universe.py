@@ -152,11 +152,15 @@ def _random_names(rng: random.Random, taken: set, count: int, lengths: Tuple[int
     return names
 
 
-def mix_for(contract_count: int) -> Dict[str, int]:
-    """How many contracts of each kind a universe of `contract_count` holds (never fewer than the named ones)."""
+def mix_for(contract_count: int, tradfi_count: Optional[int] = None) -> Dict[str, int]:
+    """How many contracts of each kind a universe of `contract_count` holds (never fewer than the named ones).
+
+    `tradfi_count` overrides the TradFi share (e.g. more than 1024 contracts that only per-symbol streams carry).
+    """
     dated_trading = sum(1 for entry in DATED_CONTRACTS if entry[3] == TRADING)
     dated_settling = len(DATED_CONTRACTS) - dated_trading
-    tradfi = max(len(NAMED_TRADFI), round(contract_count * TRADIFI_SHARE))
+    wanted = round(contract_count * TRADIFI_SHARE) if tradfi_count is None else tradfi_count
+    tradfi = max(len(NAMED_TRADFI), wanted)
     settling = max(dated_settling + 1, round(contract_count * SETTLING_SHARE))
     pending = 1
     named_crypto = len(MAJOR_USDT) + len(MAJOR_USDC)
@@ -215,10 +219,10 @@ def make_spec(rng: random.Random, symbol: str, price: float, *, quote_asset: str
     )
 
 
-def build_universe(seed: int, contract_count: int) -> List[SymbolSpec]:
+def build_universe(seed: int, contract_count: int, tradfi_count: Optional[int] = None) -> List[SymbolSpec]:
     """A deterministic universe of about `contract_count` listed contracts, plus the COIN-M rows."""
     rng = random.Random(seed)
-    mix = mix_for(contract_count)
+    mix = mix_for(contract_count, tradfi_count)
     taken = {s for s, _ in MAJOR_USDT} | {s for s, _ in MAJOR_USDC} | {entry[0] for entry in NAMED_TRADFI}
     taken |= {entry[0] for entry in DATED_CONTRACTS} | {s for s, _ in COIN_M_ROWS}
     specs: List[SymbolSpec] = []

@@ -13,7 +13,7 @@ WebSocket:  /market/stream?streams=NAME[/NAME...]            combined frames {"s
 REST:       /fapi/v1/exchangeInfo  /fapi/v1/premiumIndex[?symbol=]  /fapi/v1/fundingInfo  /fapi/v1/ping  /fapi/v1/time
             /fapi/v1/fundingRate[?symbol=&startTime=&endTime=&limit=]  (settled rates; fundingInfo and fundingRate
             share 500 requests / 5 min: 429 with Retry-After, then 418)
-Control:    GET /_sim/status  GET /_sim/symbols[?symbols=A,B]  GET /_sim/universe  GET /_sim/connections
+Control:    GET /_sim/status  GET /_sim/symbols[?symbols=A,B|?all=1]  GET /_sim/universe  GET /_sim/connections
             GET /_sim/funding[?symbol=S]  (ledger, interval switches, fundingRate/fundingInfo requests and bucket)
             POST /_sim/fault {"fault": NAME, ...}  POST /_sim/clear  POST /_sim/counters/reset  (loopback only)
 
@@ -157,6 +157,19 @@ _symbol_count = _whole_number(1, 20_000, "an integer")
 _request_limit = _whole_number(1, 1_000_000, "a number of requests")
 
 
+def _optional_count(text: str) -> Optional[int]:
+    """Empty: the default."""
+    if not text.strip():
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= value <= 20_000:
+        raise argparse.ArgumentTypeError(f"must be 0..20000, got {value}")
+    return value
+
+
 def _fault(text: str) -> Tuple[str, Dict[str, Any]]:
     try:
         name, params = parse_fault_flag(text)
@@ -182,6 +195,9 @@ OPTIONS = (
     ("--symbols", "SIM_SYMBOLS", str(DEFAULT_CONTRACT_COUNT), _symbol_count,
      "contracts in exchangeInfo (at least the named ones), mixed like Binance's: 65%% PERPETUAL, 20%% "
      "TRADIFI_PERPETUAL, 15%% SETTLING, 1 PENDING_TRADING, dated quarterlies"),
+    ("--tradfi", "SIM_TRADFI", "", _optional_count,
+     "TRADIFI_PERPETUAL contracts among --symbols (default: 20%% of them, like Binance); more than 1024 makes a "
+     "client open a second connection for per-symbol streams"),
     ("--push-interval", "SIM_PUSH_INTERVAL", "3.0", _positive_seconds, "seconds between !markPrice@arr pushes"),
     ("--fast-push-interval", "SIM_FAST_PUSH_INTERVAL", "1.0", _positive_seconds,
      "seconds between !markPrice@arr@1s pushes; the market ticks at this rate"),
@@ -208,7 +224,9 @@ def parse_config(argv: Optional[List[str]] = None, environ: Optional[Dict[str, s
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Faults: " + ", ".join(FAULT_NAMES) + ". --fault NAME[=VALUE] may be repeated; VALUE is rest_skew's "
         "percent, rotate's after (seconds of connection age), drop's mode (abrupt|close), poison's "
-        "oversize_every, or on/off for a switch. SIM_FAULTS takes a comma-separated list.",
+        "oversize_every, list's and delist's symbol, exchange_info_outage's mode, exchange_info_garbage's kind, "
+        "subscribe_error's code, array_tradfi's underlyingType, or on/off for a switch. SIM_FAULTS takes a "
+        "comma-separated list.",
     )
     for flag, variable, default, kind, text in OPTIONS:
         value = environ.get(variable, default)
@@ -250,6 +268,17 @@ def stream_route(path: str, query: Dict[str, List[str]]) -> Optional[StreamRoute
     if path == "/ws" or path.startswith("/ws/"):
         return StreamRoute("/ws", False, [], True)
     return None
+
+
+REST_WEIGHTS = {"/fapi/v1/exchangeInfo": 1, "/fapi/v1/premiumIndex": 1, "/fapi/v1/fundingInfo": 1, "/fapi/v1/fundingRate": 1,
+                "/fapi/v1/ping": 1, "/fapi/v1/time": 1}
+
+
+def rest_weight(path: str, query: Dict[str, List[str]]) -> int:
+    """Binance's request weight: premiumIndex without a symbol costs 10, the others 1; unknown paths 0."""
+    if path == "/fapi/v1/premiumIndex" and "symbol" not in query:
+        return 10
+    return REST_WEIGHTS.get(path, 0)
 
 
 def is_loopback(address: Any) -> bool:
@@ -381,6 +410,10 @@ class Simulator:
         self.symbol_frames_sent = 0
         self.exchange_info_requests = 0
         self.subscribe_errors_left = 0
+        self.stopping: Optional[asyncio.Event] = None
+        self.rest_weight_total = 0
+        self.rest_by_path: Dict[str, int] = {}
+        self.rest_weight_window: Deque[Tuple[float, int]] = deque()
         self.pushes = {speed: 0 for speed in SPEEDS}
         self.frames_sent = 0
         self.connections_opened = 0
@@ -437,7 +470,23 @@ class Simulator:
         return None  # websockets performs the upgrade (or answers 426 to a plain GET)
 
     def _rest(self, connection: ServerConnection, method: str, path: str, query: Dict[str, List[str]]) -> Any:
+        """Count the request's weight like Binance (per IP, one-minute window) and answer it."""
         self.rest_requests += 1
+        weight = rest_weight(path, query)
+        now = time.monotonic()
+        if weight:
+            self.rest_weight_total += weight
+            self.rest_by_path[path] = self.rest_by_path.get(path, 0) + 1
+            self.rest_weight_window.append((now, weight))
+        while self.rest_weight_window and self.rest_weight_window[0][0] <= now - 60.0:
+            self.rest_weight_window.popleft()
+        response = self._rest_answer(connection, method, path, query)
+        if weight and response is not None and hasattr(response, "headers"):
+            response.headers["X-MBX-USED-WEIGHT-1M"] = str(sum(w for _, w in self.rest_weight_window))
+        return response
+
+    def _rest_answer(self, connection: ServerConnection, method: str, path: str,
+                     query: Dict[str, List[str]]) -> Any:
         if self.faults.is_on("rest_outage"):
             return self._respond(connection, 503, REST_OUTAGE_HTML, "text/html")
         if method != "GET":
@@ -537,7 +586,13 @@ class Simulator:
         return self._respond(connection, 200, body)
 
     async def _hang(self, connection: ServerConnection) -> Any:
-        await asyncio.sleep(EXCHANGE_INFO_HANG_SECONDS)
+        """Answer 504 after EXCHANGE_INFO_HANG_SECONDS (at once when the simulator stops)."""
+        if self.stopping is None:
+            self.stopping = asyncio.Event()
+        try:
+            await asyncio.wait_for(self.stopping.wait(), EXCHANGE_INFO_HANG_SECONDS)
+        except asyncio.TimeoutError:
+            pass
         return self._respond(connection, 504, REST_OUTAGE_HTML.replace("503 Service Temporarily Unavailable",
                                                                        "504 Gateway Time-out"), "text/html")
 
@@ -548,9 +603,12 @@ class Simulator:
         if path == "/_sim/status" and method == "GET":
             return self._respond(connection, 200, self.status())
         if path == "/_sim/symbols" and method == "GET":
-            wanted = None
             if query.get("symbols"):
                 wanted = [s for s in query["symbols"][-1].upper().split(",") if s in self.market.specs]
+            elif query.get("all", ["0"])[-1].lower() in ("1", "true", "yes"):
+                wanted = list(self.market.specs)
+            else:  # what exchangeInfo lists; the COIN-M rows only with ?all=1 or by name
+                wanted = [symbol for symbol, spec in self.market.specs.items() if spec.listed]
             return self._respond(connection, 200, self.market.snapshot(wanted))
         if path == "/_sim/funding" and method == "GET":
             symbol = query.get("symbol", [""])[-1].strip().upper() or None
@@ -646,6 +704,10 @@ class Simulator:
 
     def reset_counters(self) -> None:
         self.limits = LimitCounters()
+        self.rest_weight_total = 0
+        self.rest_by_path.clear()
+        self.rest_weight_window.clear()
+        self.exchange_info_requests = 0
         for info in self.connections.values():
             info.counters.message_window.reset()
             info.counters.control_window.reset()
@@ -976,6 +1038,9 @@ class Simulator:
             "fundingBucket": self.funding_bucket.describe(),
             "settledLive": self.market.ledger.settled_live,
             "exchangeInfoRequests": self.exchange_info_requests,
+            "restRequestsByPath": dict(self.rest_by_path),
+            "restWeight": self.rest_weight_total,
+            "restWeightLastMinute": sum(w for _, w in self.rest_weight_window),
             "symbolCount": self.market.symbol_count,
             "perpetualCount": self.market.perpetual_count,
             "arrayPerpetualCount": universe["counts"]["arrayPerpetuals"],
@@ -1035,7 +1100,8 @@ def _write_port_file(path: str, port: int) -> None:
 
 
 async def run(config: argparse.Namespace) -> int:
-    market = Market(config.seed, config.symbols, _now_ms(), funding_period_seconds=config.funding_period_seconds,
+    market = Market(config.seed, config.symbols, _now_ms(), config.tradfi,
+                    funding_period_seconds=config.funding_period_seconds,
                     funding_history_hours=config.funding_history_hours)
     simulator = Simulator(config, market, FaultState())
     for name, params in config.fault:
@@ -1077,6 +1143,8 @@ async def run(config: argparse.Namespace) -> int:
     ]
     await stop.wait()
     LOG.info("stopping: closing %d connections", len(simulator.connections))
+    if simulator.stopping is not None:
+        simulator.stopping.set()
     for task in tasks:
         task.cancel()
     server.close()
