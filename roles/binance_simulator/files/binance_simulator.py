@@ -270,7 +270,8 @@ def stream_route(path: str, query: Dict[str, List[str]]) -> Optional[StreamRoute
     return None
 
 
-REST_WEIGHTS = {"/fapi/v1/exchangeInfo": 1, "/fapi/v1/premiumIndex": 1, "/fapi/v1/fundingInfo": 1, "/fapi/v1/fundingRate": 1,
+REST_WEIGHTS = {"/fapi/v1/exchangeInfo": 1, "/fapi/v1/premiumIndex": 1, "/fapi/v1/fundingInfo": 1,
+                "/fapi/v1/fundingRate": 1,
                 "/fapi/v1/ping": 1, "/fapi/v1/time": 1}
 
 
