@@ -23,4 +23,13 @@ ensure_wrk() {
 ensure_venv || exit 1
 install_requirements bench-requirements "$REPO_ROOT/requirements-bench.txt" || exit 1
 ensure_wrk
-exec "$VENV_DIR/bin/python" "$REPO_ROOT/bench/run.py" "$@"
+"$VENV_DIR/bin/python" "$REPO_ROOT/bench/run.py" "$@"
+status=$?
+# The settlement history's queries and size (bench/bench_history.py; BENCH_HISTORY_* options); BENCH_HISTORY=0 skips.
+if [[ "${BENCH_HISTORY:-1}" != "0" ]]; then
+  if [[ "${BENCH_QUICK:-0}" =~ ^(1|true|yes)$ ]]; then
+    export BENCH_HISTORY_SYMBOLS="${BENCH_HISTORY_SYMBOLS:-50}" BENCH_HISTORY_SETTLEMENTS="${BENCH_HISTORY_SETTLEMENTS:-1000}"
+  fi
+  "$VENV_DIR/bin/python" "$REPO_ROOT/bench/bench_history.py" || status=1
+fi
+exit "$status"
