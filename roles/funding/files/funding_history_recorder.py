@@ -24,7 +24,6 @@ Exit status: 0 done (also when REST was skipped, throttled or failing: the next 
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sqlite3
 import sys
@@ -291,13 +290,9 @@ def _ascending_from(rows: Sequence[FundingRateRow], start: int) -> bool:
     return all(t >= start - 1000 for t in times) and all(a <= b for a, b in zip(times, times[1:]))
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--version", action="version", version="%(prog)s 1.0")
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     _args, config = S.load(PROG, "Record settled funding rates (REST fundingRate, stream fallback) into SQLite.",
-                           SETTINGS, argv, add_arguments)
+                           SETTINGS, argv)
     S.setup_logging(config["FUNDING_LOG_LEVEL"], PROG)
     path = config["FUNDING_HISTORY_DB"]
     budget = RestBudget(default_budget_path(path), config["FUNDING_HISTORY_REST_BUDGET"],
