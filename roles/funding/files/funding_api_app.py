@@ -1,11 +1,13 @@
 """The HTTP API as a WSGI application: Bottle routes over the current SnapshotView.
 
-Endpoints (JSON unless noted; every JSON response has Cache-Control: no-store):
+Endpoints (JSON unless noted; every live JSON response has Cache-Control: no-store):
   GET /                      service, version, endpoints
-  GET /funding/health        200 healthy / 503 unhealthy, with a `reasons` list
+  GET /funding/health        200 healthy / 503 unhealthy, with a `reasons` list (and the history's lag)
   GET /funding/batch         ?symbols=A,B,C (at most 1000)
   GET /funding/{symbol}      200 fresh / 404 unknown / 503 stale (body still carries the data)
-  GET /funding               every symbol; ?quote=USDT&sort=fundingRate|-fundingRate|symbol&limit=N
+  GET /funding               every symbol; ?quote=USDT&sort=<key>|-<key>&fundingIntervalHours=1,4&limit=N, key one of
+                             symbol, fundingRate, fundingRateAnnualized, capUsage
+  GET /funding/{symbol}/history, GET /funding/history?at=   settled rates (funding_api_history; JSON or CSV)
   GET /metrics               Prometheus text format 0.0.4
 
 `health` and `batch` are endpoints, not symbols: /funding/health and
@@ -101,7 +103,10 @@ ENDPOINTS = {
     "/funding/health": "service health: 200 healthy, 503 unhealthy with reasons",
     "/funding/{symbol}": "one symbol: 200, 404 unknown, 503 stale",
     "/funding/batch?symbols=A,B,C": "several symbols (at most %d)" % MAX_BATCH_SYMBOLS,
-    "/funding?quote=USDT&sort=fundingRate|-fundingRate|symbol&limit=N": "every symbol, filtered and sorted",
+    "/funding?quote=USDT&sort=fundingRate|-fundingRate|fundingRateAnnualized|-fundingRateAnnualized|capUsage|"
+    "-capUsage|symbol&fundingIntervalHours=1,4&limit=N": "every symbol, filtered and sorted",
+    "/funding/{symbol}/history?since=&until=&limit=&format=json|csv": "settled rates, newest first (at most 1000)",
+    "/funding/history?at=<ms>&format=json|csv": "every symbol's settlement at one funding time",
     "/metrics": "Prometheus metrics",
 }
 
