@@ -235,6 +235,25 @@ def test_an_interval_switch_on_a_cap_hit_is_seen_by_the_daemon(simulator_factory
     daemon.wait_for_log(r"funding interval changed: symbol=%s from_hours=8 to_hours=1" % symbol)
 
 
+def test_garbage_funding_info_keeps_the_last_good_terms_counted_and_logged_once(simulator_factory,
+                                                                               daemon_factory):  # noqa: F811
+    sim = fast_simulator(simulator_factory)
+    capped = next(s for s, v in sim.symbols().items() if v["perpetual"] and v["fundingIntervalHours"] != 8)
+    daemon = daemon_factory(sim.ws_url("stream", fast=True), rest_url=sim.rest_url,
+                            FUNDING_INTERVALS_REFRESH_SECONDS="1")
+    good = daemon.wait_for_state(lambda s: (s["funding_state"].get(capped) or {}).get("fundingRateCap"),
+                                 "fundingInfo's terms")["funding_state"][capped]
+    sim.set_fault("rest_garbage")
+    state = daemon.wait_for_state(lambda s: s["connection_status"]["funding_info_errors"] >= 3,
+                                  "three failed fundingInfo answers", timeout=20)
+    record = state["funding_state"][capped]
+    assert (record["fundingIntervalHours"], record["fundingRateCap"], record["fundingRateFloor"]) == (
+        good["fundingIntervalHours"], good["fundingRateCap"], good["fundingRateFloor"])
+    assert daemon.log.count("fundingInfo from") == 1, "one line per episode"
+    sim.clear_fault("rest_garbage")
+    daemon.wait_for_log("fundingInfo from .* answers again")
+
+
 # --- corruption-proofing -----------------------------------------------------------------------------------------
 
 

@@ -591,6 +591,7 @@ class FundingIntervalRefresher(threading.Thread):
         self.feed = feed
         self.stop_requested = threading.Event()
         self._failing = False
+        self._partial = False
 
     def run(self) -> None:
         while not self.stop_requested.is_set():
@@ -618,7 +619,10 @@ class FundingIntervalRefresher(threading.Thread):
             return False
         if bad:
             self.feed.increment_status("funding_info_errors")
-            log.warning("fundingInfo: %d unusable entries left out (those symbols keep the default terms)", bad)
+            if not self._partial:
+                log.warning("fundingInfo: %d unusable entries left out (those symbols keep the default terms; "
+                            "repeats are counted in funding_info_errors)", bad)
+        self._partial = bool(bad)
         if self._failing:
             log.info("fundingInfo from %s answers again", self.url)
             self._failing = False
