@@ -15,8 +15,8 @@ Checks, in the seed's order:
   7. binance-funding-api.service is active and /funding/health answers
   8. spot check of one symbol (BTCUSDT) against Binance REST premiumIndex
 
-Checks 2 and 6 (and an error when even the newest symbol is stale) are funding_health's verdict on the state file,
-the one the API's /funding/health gives on the same state at the same moment; the spot check's rules are
+Checks 2 and 6 (and an error when even the newest symbol is stale) are funding_health's verdict on the state
+file, the one the API's /funding/health gives on the same state at the same moment; the spot check's rules are
 funding_compare's. With FUNDING_REST_URL=off the spot check is skipped and an outage cannot be told apart from a
 stuck daemon, so the restart rule below applies without the REST ping.
 

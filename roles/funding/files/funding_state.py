@@ -113,16 +113,25 @@ def field_value_ok(field_: RecordField, value: Any) -> bool:
     return is_whole_number(value) if field_.kind == INTEGER else is_finite_number(value)
 
 
+_VALIDATED_FIELDS: Tuple[Tuple[str, bool], ...] = tuple(
+    (f.key, f.required) for f in SYMBOL_RECORD_FIELDS if f.kind == NUMBER
+)
+
+
 def validate_symbol_record(symbol: str, record: Any) -> None:
     """Raise StateFileError unless record follows the contract (number keys finite or null, updatedAt present)."""
     if not isinstance(record, dict):
         raise StateFileError("funding_state[%r] is not an object" % symbol)
-    for field_ in SYMBOL_RECORD_FIELDS:
-        value = record.get(field_.key)
-        if field_.required and not is_finite_number(value):
-            raise StateFileError("funding_state[%r].%s is missing or not a number" % (symbol, field_.key))
-        if field_.kind == NUMBER and value is not None and not is_finite_number(value):
-            raise StateFileError("funding_state[%r].%s is not a number" % (symbol, field_.key))
+    for key, required in _VALIDATED_FIELDS:
+        value = record.get(key)
+        # The common case first, and cheap: readers validate every record of every file they load.
+        if type(value) is float and math.isfinite(value):
+            continue
+        if value is None and not required:
+            continue
+        if finite_number(value) is None:
+            problem = "is missing or not a number" if required else "is not a number"
+            raise StateFileError("funding_state[%r].%s %s" % (symbol, key, problem))
 
 
 # connection_status keys. The first five are the seed's; the rest were added.
