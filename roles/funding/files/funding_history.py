@@ -222,11 +222,12 @@ class HistoryWriter:
     def meta(self) -> Dict[str, str]:
         return dict(self._db.execute("SELECT key, value FROM meta").fetchall())
 
-    def unconfirmed(self, before_ms: int) -> List[Tuple[str, int]]:
-        """(symbol, fundingTime) of stream rows older than before_ms, oldest first."""
+    def unconfirmed(self, after_ms: int, before_ms: int) -> List[Tuple[str, int]]:
+        """(symbol, fundingTime) of stream rows with after_ms < fundingTime < before_ms, oldest first (a range of
+        the time index: cheap however large the table)."""
         return self._db.execute(
-            "SELECT symbol, funding_time FROM settlements WHERE source = 'stream' AND funding_time < ? "
-            "ORDER BY funding_time", (before_ms,)).fetchall()
+            "SELECT symbol, funding_time FROM settlements WHERE funding_time > ? AND funding_time < ? "
+            "AND source = 'stream' ORDER BY funding_time", (after_ms, before_ms)).fetchall()
 
     def checkpoint(self) -> None:
         """Fold the WAL back into the database file (after a large backfill), when no reader is in the way."""

@@ -138,7 +138,9 @@ class Recorder:
         delay_ms = int(self.config["FUNDING_HISTORY_CONFIRM_DELAY_SECONDS"] * 1000)
         cursor = _int(self.meta.get("rest_cursor_ms"))
         first_run = cursor is None
-        unconfirmed = self.writer.unconfirmed(now - delay_ms)
+        # Stream rows not yet asked about (each is asked per symbol once; REST may never have some, e.g. a row of
+        # a contract REST does not list).
+        unconfirmed = self.writer.unconfirmed(self.stragglers_checked(now), now - delay_ms)
         due = first_run or now >= (_int(self.meta.get("next_check_ms")) or 0) or bool(unconfirmed)
         if not due:
             return
@@ -187,12 +189,18 @@ class Recorder:
 
     def confirm_stragglers(self, cursor: int) -> None:
         """Stream rows the sweep passed without a REST row: ask for each symbol (a few per run)."""
-        checked = _int(self.meta.get("stragglers_checked_ms")) or 0
-        pending = [(s, t) for s, t in self.writer.unconfirmed(cursor) if t > checked][:STRAGGLERS_PER_RUN]
+        pending = self.writer.unconfirmed(self.stragglers_checked(self.now_ms()), cursor)[:STRAGGLERS_PER_RUN]
         for symbol, funding_time in pending:
             rows = self.fetch(symbol=symbol, start=funding_time - 1000, end=funding_time + 1000)
             self.store_rest([r for r in rows if r.symbol == symbol])
             self.meta_update(stragglers_checked_ms=funding_time)
+
+    def stragglers_checked(self, now: int) -> int:
+        """Stream rows up to here were asked about already. A stream row is the latest settlement the daemon saw when
+        the recorder ran, so it is never older than one interval (8 h) plus the recorder's pause: a day back covers
+        it, and keeps this a short range of the time index."""
+        floor = now - DAY_MS
+        return max(floor, _int(self.meta.get("stragglers_checked_ms")) or 0)
 
     def fetch(self, *, symbol: Optional[str], start: int, end: Optional[int]) -> List[FundingRateRow]:
         assert self.client is not None
