@@ -11,6 +11,26 @@ from typing import List, Optional
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def children(pid: int) -> List[int]:
+    """Direct children of `pid` (the API's worker processes)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/%s/stat" % entry) as handle:
+                    text = handle.read()
+            except OSError:
+                continue
+            if int(text[text.rindex(")") + 2:].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def tree_rss_mib(pid: int) -> float:
+    """VmRSS of `pid` and its children, summed (shared pages count once per process, as `ps` shows them)."""
+    return sum(memory_kib(p)["VmRSS"] for p in [pid] + children(pid)) / 1024.0
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of every thread of the process, in seconds."""
     with open("/proc/%d/stat" % pid) as handle:
@@ -43,9 +63,10 @@ class ProcessUsage:
 class UsageSampler(threading.Thread):
     """Samples one process every `interval` s from start() until stop(); `result()` after join()."""
 
-    def __init__(self, pid: int, interval: float = 0.5) -> None:
+    def __init__(self, pid: int, interval: float = 0.5, with_children: bool = False) -> None:
         super().__init__(name="usage-%d" % pid, daemon=True)
         self.pid = pid
+        self.with_children = with_children
         self.interval = interval
         self._halt = threading.Event()
         self._samples: List[float] = []
@@ -53,8 +74,13 @@ class UsageSampler(threading.Thread):
         self._start_wall = 0.0
         self._usage: Optional[ProcessUsage] = None
 
+    def _cpu(self) -> float:
+        if not self.with_children:
+            return cpu_seconds(self.pid)
+        return sum(cpu_seconds(p) for p in [self.pid] + children(self.pid))
+
     def run(self) -> None:
-        self._start_cpu = cpu_seconds(self.pid)
+        self._start_cpu = self._cpu()
         self._start_wall = time.monotonic()
         hwm = 0.0
         cpu = self._start_cpu
@@ -62,9 +88,13 @@ class UsageSampler(threading.Thread):
             stopping = self._halt.wait(self.interval)
             try:
                 memory = memory_kib(self.pid)
-                self._samples.append(memory["VmRSS"] / 1024.0)
-                hwm = memory["VmHWM"] / 1024.0
-                cpu = cpu_seconds(self.pid)
+                if self.with_children:
+                    self._samples.append(tree_rss_mib(self.pid))
+                    hwm = 0.0  # per-process high-water marks do not add up to the tree's peak
+                else:
+                    self._samples.append(memory["VmRSS"] / 1024.0)
+                    hwm = memory["VmHWM"] / 1024.0
+                cpu = self._cpu()
             except (OSError, KeyError, ValueError):
                 break  # the process is gone
             if stopping:

@@ -142,11 +142,16 @@ def start_stack(kind: str, ws_url: str, rest_url: str, work_dir: Path, python: s
     return Stack(kind, daemon, api, port, state_file)
 
 
-def start_experiment_api(state_file: Path, work_dir: Path, python: str = sys.executable) -> Managed:
-    """bench/experiments/asyncio_front_end.py over ours' state file (no daemon of its own)."""
+def start_api_only(kind: str, state_file: Path, work_dir: Path, python: str = sys.executable) -> Managed:
+    """One API over `state_file`, without a daemon; `.port` is where it listens."""
     port = free_port()
-    managed = spawn("experiment-asyncio-api", [python, str(REPO / "bench" / "experiments" / "asyncio_front_end.py"),
-                                                str(state_file), str(port)], work_dir)
+    if kind == "ours":
+        env = {"FUNDING_STATE_FILE": str(state_file), "FUNDING_API_HOST": "127.0.0.1", "FUNDING_API_PORT": str(port),
+               "FUNDING_LOG_LEVEL": "INFO"}
+        managed = spawn("ours-api-alone", [python, str(PROGRAMS / "funding_api_server.py")], work_dir, env)
+    else:
+        managed = spawn("baseline-api-alone", [python, str(BASELINE / "baseline_api.py"), "--host", "127.0.0.1",
+                                               "--port", str(port), "--state-file", str(state_file)], work_dir)
     managed.port = port
     return managed
 

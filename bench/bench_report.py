@@ -103,11 +103,12 @@ def verdict(met: Optional[bool]) -> str:
 
 
 def api_table(api: Dict[str, Dict[int, Dict[str, Any]]], endpoints: List[str], connections: List[int],
-              target_connections: int, throughput_target: Target, p99_target: Target,
-              checks: List[Dict[str, Any]]) -> List[str]:
+              targets: Dict[str, Dict[int, Target]], checks: List[Dict[str, Any]],
+              notes: Optional[Dict[str, str]] = None) -> List[str]:
+    """targets: {"rps"|"p50"|"p99": {connections: Target}}; each judged cell is also appended to `checks`."""
     lines = [
         "| endpoint | conns | ours req/s | baseline req/s | ratio | ours p50 ms | baseline p50 ms | ratio "
-        "| ours p99 ms | baseline p99 ms | ratio | target (at %d conns) |" % target_connections,
+        "| ours p99 ms | baseline p99 ms | ratio | targets |",
         "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
     for endpoint in endpoints:
@@ -118,41 +119,26 @@ def api_table(api: Dict[str, Dict[int, Dict[str, Any]]], endpoints: List[str], c
             ours, base = cell.get("ours"), cell.get("baseline")
             if ours is None or base is None:
                 continue
-            rps_ratio = ratio(ours["rps"], base["rps"])
-            p50_ratio = ratio(ours["p50_ms"], base["p50_ms"])
-            p99_ratio = ratio(ours["p99_ms"], base["p99_ms"])
-            target_text = ""
-            if conns == target_connections:
-                rps_met = throughput_target.met(rps_ratio)
-                p99_met = p99_target.met(p99_ratio)
-                target_text = "req/s %s: %s; p99 %s: %s" % (throughput_target.text(), verdict(rps_met),
-                                                           p99_target.text(), verdict(p99_met))
-                checks.append({"what": "%s req/s at %d conns" % (endpoint, conns), "met": rps_met})
-                checks.append({"what": "%s p99 at %d conns" % (endpoint, conns), "met": p99_met})
+            ratios = {"rps": ratio(ours["rps"], base["rps"]), "p50": ratio(ours["p50_ms"], base["p50_ms"]),
+                      "p99": ratio(ours["p99_ms"], base["p99_ms"])}
+            verdicts = []
+            for name in ("rps", "p50", "p99"):
+                target = targets.get(name, {}).get(conns)
+                if target is None:
+                    continue
+                met = target.met(ratios[name])
+                verdicts.append("%s %s: %s" % ("req/s" if name == "rps" else name, target.text(), verdict(met)))
+                checks.append({"what": "%s %s at %d conns" % (endpoint, name, conns), "met": met})
             errors = ""
             if ours["errors"] or base["errors"]:
                 errors = " (errors: ours %d, baseline %d)" % (ours["errors"], base["errors"])
             lines.append("| `%s` | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s%s |" % (
-                endpoint, conns, num(ours["rps"], 0), num(base["rps"], 0), times(rps_ratio),
-                num(ours["p50_ms"], 2), num(base["p50_ms"], 2), times(p50_ratio),
-                num(ours["p99_ms"], 2), num(base["p99_ms"], 2), times(p99_ratio), target_text, errors))
-    return lines
-
-
-def experiment_table(api: Dict[str, Dict[int, Dict[str, Any]]], endpoints: List[str], connections: List[int],
-                     kind: str) -> List[str]:
-    lines = ["| endpoint | conns | req/s | vs baseline | vs ours | p99 ms | vs baseline |",
-             "|---|--:|--:|--:|--:|--:|--:|"]
-    for endpoint in endpoints:
-        for conns in connections:
-            cell = api.get(endpoint, {}).get(conns, {})
-            other, ours, base = cell.get(kind), cell.get("ours"), cell.get("baseline")
-            if not (other and ours and base):
-                continue
-            lines.append("| `%s` | %d | %s | %s | %s | %s | %s |" % (
-                endpoint, conns, num(other["rps"], 0), times(ratio(other["rps"], base["rps"])),
-                times(ratio(other["rps"], ours["rps"])), num(other["p99_ms"], 2),
-                times(ratio(other["p99_ms"], base["p99_ms"]))))
+                endpoint, conns, num(ours["rps"], 0), num(base["rps"], 0), times(ratios["rps"]),
+                num(ours["p50_ms"], 2), num(base["p50_ms"], 2), times(ratios["p50"]),
+                num(ours["p99_ms"], 2), num(base["p99_ms"], 2), times(ratios["p99"]), "; ".join(verdicts), errors))
+    for endpoint, note in (notes or {}).items():
+        lines.append("")
+        lines.append("`%s`: %s" % (endpoint, note))
     return lines
 
 

@@ -23,6 +23,9 @@ ensure_wrk() {
 ensure_venv || exit 1
 install_requirements bench-requirements "$REPO_ROOT/requirements-bench.txt" || exit 1
 ensure_wrk
+# The baseline must answer like our API, or the comparison is meaningless: check that first.
+log "bench/test_bench_smoke.py: the baseline and our API answer alike"
+"$VENV_DIR/bin/python" -m pytest -q -p no:cacheprovider "$REPO_ROOT/bench/test_bench_smoke.py" || exit 1
 "$VENV_DIR/bin/python" "$REPO_ROOT/bench/run.py" "$@"
 status=$?
 # The settlement history's queries and size (bench/bench_history.py; BENCH_HISTORY_* options); BENCH_HISTORY=0 skips.

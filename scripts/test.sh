@@ -60,10 +60,14 @@ run_oldest_python() {
     log "no Python 3.9 interpreter on this machine (set FUNDING_PYTHON39): skipped"
     return 0
   fi
-  if [ ! -x "$venv/bin/python" ]; then
-    "$py" -m venv "$venv" && "$venv/bin/pip" install --quiet --disable-pip-version-check \
-      -r roles/funding/files/requirements.txt pytest hypothesis pyyaml prometheus-client >"$CACHE_DIR/venv-py39.log" 2>&1 \
+  local want
+  want=$(sha256sum roles/funding/files/requirements.txt | cut -d' ' -f1)
+  if [ ! -x "$venv/bin/python" ] || [ "$(cat "$venv/.requirements.sha256" 2>/dev/null)" != "$want" ]; then
+    { [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"; } && "$venv/bin/pip" install --quiet \
+      --disable-pip-version-check -r roles/funding/files/requirements.txt pytest hypothesis pyyaml prometheus-client \
+      >"$CACHE_DIR/venv-py39.log" 2>&1 \
       || { rm -rf "$venv"; tail -n 20 "$CACHE_DIR/venv-py39.log" >&2; return 1; }
+    echo "$want" >"$venv/.requirements.sha256"
   fi
   for program in roles/funding/files/binance_funding_ws_daemon.py roles/funding/files/funding_api_server.py \
       roles/funding/files/funding_health_monitor.py roles/funding/files/funding_rest_comparison.py \

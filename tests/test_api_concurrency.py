@@ -28,34 +28,41 @@ def fetch(connection, target):
     return response.status, response.getheader("Content-Type"), response.read()
 
 
-def test_clients_holding_half_sent_requests_do_not_delay_others(api):  # noqa: F811
+def test_300_clients_holding_half_sent_requests_do_not_delay_others(api):  # noqa: F811
     write_state(api.state_file, fresh_symbols())
-    # Three times as many stalled clients as worker threads (4 by default).
     stalled = []
     try:
-        for _ in range(12):
+        for _ in range(300):
             sock = socket.create_connection(("127.0.0.1", api.port), timeout=HTTP_TIMEOUT)
             sock.sendall(HALF_REQUEST)
             stalled.append(sock)
-        results = []
+        latencies = []
         errors = []
 
         def client():
             try:
                 connection = http.client.HTTPConnection("127.0.0.1", api.port, timeout=HTTP_TIMEOUT)
                 for _ in range(10):
-                    results.append(fetch(connection, "/funding/BTCUSDT")[0])
+                    started = time.monotonic()
+                    status = fetch(connection, "/funding/BTCUSDT")[0]
+                    latencies.append((time.monotonic() - started, status))
                 connection.close()
             except Exception as exc:  # recorded, asserted below
                 errors.append(repr(exc))
 
-        threads = [threading.Thread(target=client) for _ in range(4)]
+        threads = [threading.Thread(target=client) for _ in range(20)]
         for t in threads:
             t.start()
         for t in threads:
             t.join(60)
         assert not errors, errors
-        assert results == [200] * 40
+        assert [status for _, status in latencies] == [200] * 200
+        # Nothing waited for the stalled ones (which hold their sockets for FUNDING_API_HEADER_TIMEOUT, 30 s): the
+        # issue's bound is 50 ms for the other clients; the median is asserted, the slowest is only kept under 1 s
+        # so that a loaded test machine cannot fail it.
+        ordered = sorted(latency for latency, _ in latencies)
+        assert ordered[len(ordered) // 2] < 0.05, ordered[-10:]
+        assert ordered[-1] < 1.0, ordered[-10:]
         # The stalled clients are still waiting (nothing was answered for them) ...
         for sock in stalled:
             sock.setblocking(False)

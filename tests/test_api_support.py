@@ -50,14 +50,77 @@ def write_state(
     symbols: Dict[str, Dict[str, Any]],
     connected: bool = True,
     now: Optional[float] = None,
+    universe: Optional[Dict[str, Dict[str, str]]] = None,
+    delisted: Optional[Dict[str, float]] = None,
     **status: Any,
 ) -> None:
+    """Write a state file atomically, as the daemon does; on a ServedStateFile, return once the API serves it."""
     now = time.time() if now is None else now
     fields = {"connected": connected, "last_connected_time": now - 60, "messages_received": 1234}
     fields.update(status)
     conn = funding_state.new_connection_status(**fields)
-    payload = funding_state.build_payload(symbols, conn, now, 4242)
+    payload = funding_state.build_payload(
+        symbols, conn, now, 4242, universe=None if universe is None else {"fetched_at": now - 5, "symbols": universe},
+        delisted=delisted)
+    written_after = time.time()
     funding_state.write_state_atomic(str(path), payload)
+    settle = getattr(path, "wait_until_served", None)
+    if settle is not None:
+        settle(written_after, good=True)
+
+
+class ServedStateFile(type(Path())):  # type: ignore[misc]
+    """The state file of a one-worker API under test: every change through it returns once the API serves it.
+
+    The API picks a new file up in the background (every FUNDING_API_STATE_POLL_MS), not on the request, so a
+    test that writes and then asks must first wait for the pick-up: until /funding/health shows a parse that
+    started after the write (stateLoadedAt), or a state-file error for a damaged or missing file.
+    """
+
+    api_port = 0
+
+    def bind(self, port: int) -> "ServedStateFile":
+        self.api_port = port
+        return self
+
+    def health(self) -> Dict[str, Any]:
+        return get(self.api_port, "/funding/health").json()
+
+    def wait_until_served(
+        self, written_after: float, error_before: Any = None, good: bool = False, deadline: float = 10.0
+    ) -> None:
+        """Until a good file parsed after `written_after` is served, or (unless `good`) another state-file error."""
+        if not self.api_port:
+            return
+        end = time.monotonic() + deadline
+        while time.monotonic() < end:
+            health = self.health()
+            error, loaded_at = health.get("stateFileError"), health.get("stateLoadedAt")
+            if error is None and loaded_at is not None and loaded_at >= written_after:
+                return
+            if not good and error is not None and error != error_before:
+                return
+            time.sleep(0.002)
+        raise AssertionError("the API did not pick up the state file written at %.3f" % written_after)
+
+    def write_bytes(self, data: bytes) -> int:  # type: ignore[override]
+        error_before = self.health().get("stateFileError") if self.api_port else None
+        written_after = time.time()
+        # Atomically, as the daemon writes: a reader never sees half of it.
+        tmp = self.with_name(self.name + ".tmp")
+        Path(tmp).write_bytes(data)
+        os.replace(tmp, self)
+        self.wait_until_served(written_after, error_before)
+        return len(data)
+
+    def write_text(self, data: str, *args: Any, **kwargs: Any) -> int:  # type: ignore[override]
+        return self.write_bytes(data.encode("utf-8"))
+
+    def unlink(self, missing_ok: bool = False) -> None:  # type: ignore[override]
+        error_before = self.health().get("stateFileError") if self.api_port else None
+        written_after = time.time()
+        super().unlink(missing_ok)
+        self.wait_until_served(written_after, error_before)
 
 
 def fresh_symbols(now: Optional[float] = None, count: int = 0) -> Dict[str, Dict[str, Any]]:
@@ -251,12 +314,45 @@ def api_workdir():
 
 @pytest.fixture(scope="module")
 def api(api_workdir):
-    """One real server per test module; each test writes the state file it needs."""
-    state_file = Path(api_workdir) / "state.json"
+    """One real server per test module, with one worker; each test writes the state file it needs.
+
+    One worker, so that "the API serves the file just written" is one fact (ServedStateFile waits for it); the
+    behaviour of several workers has its own tests (api_workers fixture).
+    """
+    state_file = ServedStateFile(api_workdir) / "state.json"
     write_state(state_file, fresh_symbols())
-    server = start_api(state_file, workdir=api_workdir)
+    server = start_api(state_file, workdir=api_workdir, env={"FUNDING_API_WORKERS": "1"})
+    state_file.bind(server.port)
     yield server
     server.close()
+
+
+@pytest.fixture(scope="module")
+def api_workers():
+    """A real server with two worker processes (the default on a 2-core machine)."""
+    workdir = short_tempdir()
+    state_file = Path(workdir) / "state.json"
+    write_state(state_file, fresh_symbols())
+    # TMPDIR: the server's shared counters file lands in workdir, where the tests can read it.
+    server = start_api(state_file, workdir=workdir, env={"FUNDING_API_WORKERS": "2", "TMPDIR": workdir})
+    yield server
+    server.close()
+
+
+def worker_pids(api: "ApiProcess") -> List[int]:
+    """The API's worker processes: the children of the server process."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % entry, "rb") as handle:
+                parent = int(handle.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == api.process.pid:
+            pids.append(int(entry))
+    return sorted(pids)
 
 
 def assert_json_response(reply: Reply) -> Any:

@@ -12,11 +12,12 @@ import time
 
 import funding_api_server
 import funding_api_view
+import funding_settings
 import funding_state
 import pytest
 from funding_api_app import ApiConfig, build_app
-from funding_api_metrics import RequestCounter
-from funding_api_view import SnapshotView, StateViews
+from funding_api_metrics import RequestCounter, SharedCounters, counters_file_size
+from funding_api_view import SnapshotView, StateViews, ViewRefresher, build_records
 from funding_state import StateReader
 from prometheus_client.parser import text_string_to_metric_families
 from test_api_support import (
@@ -28,6 +29,7 @@ from test_api_support import (
     fresh_symbols,
     record,
     start_api,
+    wait_until,
     write_state,
 )
 
@@ -114,10 +116,71 @@ def test_age_is_measured_at_the_request_to_the_millisecond(tmp_path):
 def test_views_are_rebuilt_only_when_the_reader_parsed_a_new_file(state_file):
     views = StateViews(StateReader(str(state_file)))
     first, _ = views.current()
-    assert views.current()[0] is first
+    assert first is not None and first.count == 3
+    assert views.refresh() is False and views.current()[0] is first
     write_state(state_file, fresh_symbols(count=5))
+    # A request never looks at the file: until the refresher runs, the published view stays.
+    assert views.current()[0] is first
+    assert views.refresh() is True
     second, _ = views.current()
     assert second is not first and second.count == 8 and second.loads == first.loads + 1
+
+
+def test_the_refresher_publishes_a_new_file_in_the_background(state_file):
+    views = StateViews(StateReader(str(state_file)))
+    refresher = ViewRefresher(views, 0.002)
+    refresher.start()
+    try:
+        write_state(state_file, fresh_symbols(count=5))
+        assert wait_until(lambda: views.current()[0].count == 8, deadline=5)
+    finally:
+        refresher.stop_event.set()
+        refresher.join(5)
+
+
+def test_loads_and_errors_are_reported_to_the_counters_once_each(state_file):
+    counter = SharedCounters()
+    views = StateViews(StateReader(str(state_file)), on_load=counter.count_load, on_error=counter.count_load_error)
+    state_file.write_bytes(b"{broken")
+    views.refresh()
+    views.refresh()
+    write_state(state_file, fresh_symbols())
+    views.refresh()
+    assert counter.loads() == 2 and counter.load_errors() == 1
+
+
+def test_records_are_encoded_in_one_call_and_split_exactly_even_with_odd_symbol_names():
+    now = time.time()
+    odd = ['A,{"symbol":"B', 'C\\"},{"symbol":', "D\u00e9", "E"]
+    records = build_records({name: record(now, rate=0.0001 * i) for i, name in enumerate(odd)})
+    for i, name in enumerate(odd):
+        parsed = json.loads(records[name].encode(now))
+        assert parsed["symbol"] == name and parsed["fundingRate"] == 0.0001 * i
+        assert list(parsed) == ["symbol", "markPrice", "fundingRate", "nextFundingTime", "indexPrice", "updatedAt",
+                                "ageSeconds"]
+
+
+def test_a_number_orjson_cannot_encode_is_written_exactly():
+    now = time.time()
+    records = build_records({"BTCUSDT": dict(record(now), nextFundingTime=2**70)})
+    assert json.loads(records["BTCUSDT"].encode(now))["nextFundingTime"] == 2**70
+
+
+def test_counters_of_two_processes_add_up_in_one_file(tmp_path):
+    path = tmp_path / "counters"
+    path.write_bytes(b"\0" * counters_file_size(2))
+    first, second = SharedCounters(str(path), region=0), SharedCounters(str(path), region=1)
+    for _ in range(3):
+        first.count("/funding/{symbol}", "200")
+    second.count("/funding/{symbol}", "200")
+    second.count("other", "404")
+    second.count("/funding/health", "weird")
+    reader = SharedCounters(str(path), region=0)
+    assert dict(reader.items()) == {
+        ("/funding/{symbol}", "200"): 4,
+        ("other", "404"): 1,
+        ("/funding/health", "000"): 1,
+    }
 
 
 def test_a_view_sorts_records_without_funding_rate_last():
@@ -137,13 +200,21 @@ def test_a_view_sorts_records_without_funding_rate_last():
     assert [r.symbol for r in view.sorted_records("-fundingRate")] == ["AUSDT", "CUSDT", "BUSDT"]
 
 
-def test_waitress_adjustments_bound_slow_and_large_requests():
-    adjustments = funding_api_server.waitress_adjustments("127.0.0.1", 0, 4, 200, 30)
-    assert adjustments["threads"] == 4 and adjustments["connection_limit"] == 200
-    assert adjustments["channel_timeout"] == 30 and adjustments["cleanup_interval"] <= 10
-    assert adjustments["ident"] == "" and adjustments["expose_tracebacks"] is False
-    # A 1000-symbol batch URL (about 41 KB) must fit under the header limit.
-    assert adjustments["max_request_header_size"] > 1000 * 41 + 1024
+def test_granian_worker_arguments_bound_slow_and_large_requests():
+    arguments = funding_api_server.granian_worker_arguments(header_timeout=30, workers=2)
+    assert arguments["blocking_threads"] == 1 and arguments["websockets"] is False
+    assert arguments["http1_settings"].header_read_timeout == 30_000
+    # A 1000-symbol batch URL (about 41 KB) must fit under the buffer limit.
+    assert arguments["http1_settings"].max_buffer_size > 1000 * 41 + 1024
+    assert arguments["log_access_fmt"] is None and arguments["ssl_ctx"][0] is False
+
+
+def test_workers_default_to_one_per_core_capped_at_4(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert funding_settings.api_workers("0") == 4
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert funding_settings.api_workers("0") == 2
+    assert funding_settings.api_workers("3") == 3
 
 
 # --- the program ------------------------------------------------------------------------------------------------
@@ -171,7 +242,8 @@ def test_help_lists_every_setting_and_exits_0():
         {"FUNDING_API_PORT": "http"},
         {"FUNDING_API_PORT": "70000"},
         {"FUNDING_STALE_SECONDS": "-1"},
-        {"FUNDING_API_THREADS": "0"},
+        {"FUNDING_API_WORKERS": "-1"},
+        {"FUNDING_API_STATE_POLL_MS": "0"},
         {"FUNDING_LOG_LEVEL": "LOUD"},
     ],
 )
@@ -273,3 +345,4 @@ def test_the_json_error_assertion_rejects_an_html_error_page():
 def test_every_key_an_answer_serves_is_a_key_of_the_state_files_symbol_record():
     contract = {f.key for f in funding_state.SYMBOL_RECORD_FIELDS}
     assert set(funding_api_view.RECORD_KEYS + funding_api_view.OPTIONAL_RECORD_KEYS) <= contract
+

@@ -50,7 +50,8 @@ def compare(simulator, tmp_path):
 
 
 def perpetuals(market):
-    return {s: q for s, q in market.items() if q["fundingRate"] is not None}
+    """The TRADING perpetuals: the daemon's universe, all that it serves."""
+    return {s: q for s, q in market.items() if q["perpetual"] and q["fundingRate"] is not None}
 
 
 def section(text: str, title: str) -> list:
@@ -61,8 +62,9 @@ def section(text: str, title: str) -> list:
     return lines[start + 2 : end]
 
 
-def test_matching_state_is_excellent_with_the_seed_layout(compare, market):
+def test_matching_state_is_excellent_with_the_seed_layout(compare, market, simulator):
     compare.write(daemon_state(market))
+    fetched = len(simulator.premium_index())
     count = len(perpetuals(market))
     result = compare.run()
     text = result.stdout
@@ -71,9 +73,10 @@ def test_matching_state_is_excellent_with_the_seed_layout(compare, market):
     assert lines[:3] == [WIDE, "HONEST WEBSOCKET vs REST API COMPARISON REPORT", WIDE]
     assert re.match(r"^Generated: \d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$", lines[3])
     assert lines[5] == "Fetching REST API data for all symbols..."
-    assert re.match(r"^  Fetched %d symbols in \d+ms$" % len(market), lines[6])
-    assert lines[7] == "Reading WebSocket state file..."
-    assert re.match(r"^  Loaded %d symbols in \d+ms$" % count, lines[8])
+    assert re.match(r"^  Fetched %d symbols in \d+ms$" % fetched, lines[6])
+    assert re.match(r"^  Not compared: %d symbols outside the contract universe " % (fetched - count), lines[7])
+    assert lines[8] == "Reading WebSocket state file..."
+    assert re.match(r"^  Loaded %d symbols in \d+ms$" % count, lines[9])
 
     sample = section(text, "SAMPLE DATA (First 20 symbols)")
     assert sample[0] == "" and sample[1] == SEED_HEADER and sample[2] == "-" * 140
@@ -162,7 +165,10 @@ def test_symbols_on_one_side_only_are_listed(compare, market):
 
 
 def test_many_missing_symbols_are_a_problem(compare, market):
-    compare.write(daemon_state(dict(sorted(perpetuals(market).items())[:100])))
+    payload = daemon_state(market)
+    for symbol in sorted(payload["funding_state"])[100:]:
+        del payload["funding_state"][symbol]
+    compare.write(payload)
     result = compare.run()
     assert result.returncode == 1
     assert any("REST symbols with funding are missing from the state file" in line
@@ -176,6 +182,39 @@ def test_dated_contracts_without_funding_are_not_compared(compare, market):
     data = json.loads(compare.run("--json").stdout)
     assert not set(dated) & {row["symbol"] for row in data["rows"]}
     assert not set(dated) & set(data["only_in_rest"])
+
+
+def test_contract_type_compares_only_the_tradfi_perpetuals(compare, market):
+    compare.write(daemon_state(market))
+    tradfi = {s for s, q in perpetuals(market).items() if q["contractType"] == "TRADIFI_PERPETUAL"}
+    assert len(tradfi) > 100
+    data = json.loads(compare.run("--json", "--contract-type", "tradifi_perpetual").stdout)
+    assert data["verdict"] == "EXCELLENT" and data["contract_type"] == "TRADIFI_PERPETUAL"
+    assert {row["symbol"] for row in data["rows"]} == tradfi
+    assert data["state"]["symbols"] == len(tradfi)
+
+
+def test_contract_type_finds_a_tradfi_symbol_missing_from_the_state(compare, market):
+    payload = daemon_state(market)
+    del payload["funding_state"]["XAUUSDT"]
+    compare.write(payload)
+    data = json.loads(compare.run("--json", "--contract-type", "TRADIFI_PERPETUAL").stdout)
+    assert data["only_in_rest"] == ["XAUUSDT"]
+
+
+def test_contract_type_without_a_universe_cannot_compare(compare, market):
+    payload = daemon_state(market)
+    del payload["universe"]
+    compare.write(payload)
+    result = compare.run("--contract-type", "TRADIFI_PERPETUAL")
+    assert result.returncode == 2 and "needs the contract universe" in result.stdout
+
+
+@pytest.mark.parametrize("value", ["CURRENT_QUARTER", "bad-type", ""])
+def test_a_bad_contract_type_is_refused_with_exit_2(compare, market, value):
+    compare.write(daemon_state(market))
+    result = compare.run("--contract-type", value)
+    assert result.returncode == 2 and "--contract-type" in result.stderr
 
 
 def test_state_far_behind_rest_is_a_problem(compare, market):
@@ -195,14 +234,15 @@ def test_limit_sets_the_sample_size(compare, market):
     assert len([line for line in sample[3:] if line and line != "..."]) == 5
 
 
-def test_json_output(compare, market):
+def test_json_output(compare, market, simulator):
     compare.write(daemon_state(market))
     count = len(perpetuals(market))
     result = compare.run("--json")
     data = json.loads(result.stdout)
     assert result.returncode == 0 and data["exit_code"] == 0
     assert data["verdict"] == "EXCELLENT" and data["error"] is None
-    assert data["rest"]["symbols"] == len(market) and data["state"]["symbols"] == count
+    assert data["rest"]["symbols"] == len(simulator.premium_index()) and data["state"]["symbols"] == count
+    assert data["rest"]["outside_universe"] == data["rest"]["symbols"] - count
     assert data["summary"]["compared"] == count and data["summary"]["funding_identical"] == count
     assert data["summary"]["price_relative_buckets"] == {"<0.01%": count, "0.01-0.1%": 0, "0.1-1%": 0, ">1%": 0}
     assert data["summary"]["price_absolute_buckets"]["Small (<$10)"] == count

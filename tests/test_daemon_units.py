@@ -226,7 +226,7 @@ def test_load_previous_state_keeps_old_updated_at(tmp_path):
     record = {"fundingRate": 0.0001, "markPrice": 5.0, "indexPrice": 5.1, "nextFundingTime": T, "updatedAt": 1000.0,
               "eventTime": E}
     funding_state.write_state_atomic(str(path), funding_state.build_payload({"AUSDT": record}, {}, 1000.0, 1))
-    assert daemon.load_previous_state(str(path)) == {"AUSDT": record}
+    assert daemon.load_previous_state(str(path)).records == {"AUSDT": record}
 
 
 @pytest.mark.parametrize("content", [b"", b"{", b"\x00\xff garbage", b"[]", b'{"funding_state": []}',
@@ -235,12 +235,12 @@ def test_load_previous_state_survives_a_corrupt_file(tmp_path, caplog, content):
     path = tmp_path / "state.json"
     path.write_bytes(content)
     caplog.set_level(logging.INFO, logger=daemon.PROG)
-    assert daemon.load_previous_state(str(path)) == {}
+    assert daemon.load_previous_state(str(path)).records == {}
     assert any("unusable" in r.getMessage() for r in caplog.records)
 
 
 def test_load_previous_state_without_a_file_starts_empty(tmp_path):
-    assert daemon.load_previous_state(str(tmp_path / "missing.json")) == {}
+    assert daemon.load_previous_state(str(tmp_path / "missing.json")).records == {}
 
 
 def test_legacy_url_detection():

@@ -79,7 +79,7 @@ def test_invalid_json_rejects_the_frame(text):
 
 @pytest.mark.parametrize(
     "payload",
-    [{"result": None, "id": 1}, 42, "text", None, {"e": "markPriceUpdate", "s": "BTCUSDT"}, True],
+    [42, "text", None, True, {"stream": "btcusdt@markPrice@1s", "data": "text"}],
 )
 def test_non_list_payload_rejects_the_frame(payload):
     result = parse_frame(json.dumps(payload))
@@ -90,6 +90,51 @@ def test_non_list_payload_rejects_the_frame(payload):
 def test_combined_frame_with_non_list_data_is_rejected():
     result = parse_frame(json.dumps({"stream": "!markPrice@arr", "data": item()}))
     assert result.frame_rejected and "data is dict" in result.frame_reject_reason
+
+
+def test_per_symbol_combined_frame_yields_its_one_object():
+    result = parse_frame(json.dumps({"stream": "xauusdt@markPrice@1s", "data": item("XAUUSDT")}))
+    assert not result.frame_rejected and result.per_symbol
+    assert [u.symbol for u in result.updates] == ["XAUUSDT"]
+
+
+def test_per_symbol_raw_frame_is_the_bare_object():
+    result = parse_frame(json.dumps(item("XAUUSDT", st=1)))
+    assert result.per_symbol and result.updates[0].symbol == "XAUUSDT" and result.updates[0].market_marker == 1
+
+
+def test_a_bad_per_symbol_object_rejects_its_item_not_silently():
+    result = parse_frame(json.dumps({"e": "markPriceUpdate", "s": "BTCUSDT"}))
+    assert result.per_symbol and not result.updates and result.items_rejected == 1
+
+
+def test_the_coin_m_marker_is_carried_on_the_update():
+    result = parse_frame(combined([item("BTCUSD_PERP", st=2), item("BTCUSDT")]))
+    assert [u.market_marker for u in result.updates] == [2, None]
+
+
+def test_subscribe_ack_is_a_control_reply_not_data():
+    result = parse_frame(json.dumps({"result": None, "id": 7}))
+    assert not result.frame_rejected and not result.updates
+    assert result.control == funding_feed.ControlReply(7) and result.control.ok
+
+
+def test_subscribe_error_carries_its_code_and_message():
+    result = parse_frame(json.dumps({"error": {"code": 2, "msg": "Invalid request"}, "id": 8}))
+    assert result.control is not None and not result.control.ok
+    assert (result.control.request_id, result.control.error_code, result.control.error_message) == (
+        8, 2, "Invalid request")
+
+
+def test_merge_tags_records_with_their_contract_type_from_the_universe():
+    state = {}
+    update = parse_frame(combined([item("XAUUSDT")])).updates
+    merge_updates(state, update, 1.0, contracts={"XAUUSDT": {"contractType": "TRADIFI_PERPETUAL",
+                                                             "underlyingType": "COMMODITY"}})
+    assert state["XAUUSDT"]["contractType"] == "TRADIFI_PERPETUAL"
+    assert state["XAUUSDT"]["underlyingType"] == "COMMODITY"
+    merge_updates(state, parse_frame(combined([item("XAUUSDT", E=item()["E"] + 1)])).updates, 2.0)
+    assert state["XAUUSDT"]["contractType"] == "TRADIFI_PERPETUAL", "kept without a universe"
 
 
 def test_combined_frame_of_another_stream_is_rejected_even_with_markprice_items():

@@ -107,9 +107,11 @@ def test_a_corrupt_state_file_is_unhealthy_for_both_though_the_api_still_serves_
     state_file = tmp_path / "state.json"
     write_state_atomic(str(state_file), payload())
     config = ApiConfig(clock=lambda: NOW, started_at=NOW - 60)
-    app = build_app(StateViews(StateReader(str(state_file))), config, RequestCounter())
+    views = StateViews(StateReader(str(state_file)))
+    app = build_app(views, config, RequestCounter())
     assert call(app, "/funding/health")[0] == 200
     state_file.write_text("{not json")
+    views.refresh()  # what each API worker's refresher thread does every FUNDING_API_STATE_POLL_MS
     status, _, body = call(app, "/funding/health")
     assert status == 503 and json.loads(body)["servingLastGoodState"] is True
     assert monitor_verdict(state_file, tmp_path).errors != []

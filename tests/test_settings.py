@@ -116,3 +116,16 @@ def test_the_api_index_and_the_rest_user_agent_carry_the_same_version(tmp_path):
     status, _, body = call(app, "/")
     assert status == 200 and json.loads(body)["version"] == VERSION
     assert funding_rest.USER_AGENT == "binance-funding/" + VERSION
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"ansible_facts": {"processor_vcpus": 8}}, "4"),
+        ({"ansible_facts": {"processor_vcpus": 2}}, "2"),
+        ({"ansible_facts": {"processor_vcpus": 8}, "funding_api_workers": 6}, "6"),
+        ({}, "0"),  # no facts: the program counts the cores itself, by the same rule
+    ],
+)
+def test_the_role_gives_one_worker_per_core_capped_at_4_unless_told(overrides, expected):
+    assert parse_env_file(render("funding.env.j2", overrides))["FUNDING_API_WORKERS"] == expected

@@ -103,7 +103,18 @@ def daemon_record(quote: Mapping[str, Any], updated_at: float) -> Dict[str, Any]
         "updatedAt": updated_at,
         "eventTime": quote["eventTime"],
         "fundingIntervalHours": quote.get("fundingIntervalHours"),
+        **{key: quote[key] for key in ("contractType", "underlyingType") if quote.get(key)},
     }
+
+
+def universe_of_quotes(quotes: Mapping[str, Mapping[str, Any]], now: float) -> Optional[Dict[str, Any]]:
+    """The state file's `universe` as the daemon writes it, from simulator quotes that carry exchangeInfo's facts."""
+    symbols = {
+        s: {"contractType": q["contractType"], "underlyingType": q.get("underlyingType") or "",
+            "quoteAsset": q.get("quoteAsset") or "USDT", "marginAsset": q.get("quoteAsset") or "USDT"}
+        for s, q in quotes.items() if q.get("contractType") and q.get("perpetual") and q.get("fundingRate") is not None
+    }
+    return {"fetched_at": now - 60, "symbols": symbols} if symbols else None
 
 
 def daemon_state(
@@ -126,8 +137,13 @@ def daemon_state(
         daemon_started_at=now - 3600,
         connections_opened=1,
     )
+    universe = universe_of_quotes(quotes, now)
+    if universe is not None:  # the daemon serves nothing outside its universe
+        records = {s: r for s, r in records.items() if s in universe["symbols"]}
+    connection.update(universe_known=universe is not None,
+                      expected_symbols=len(universe["symbols"]) if universe else None)
     connection.update(status)
-    return funding_state.build_payload(records, connection, now, 4242)
+    return funding_state.build_payload(records, connection, now, 4242, universe=universe)
 
 
 def write_state(path: Path, payload: Mapping[str, Any]) -> None:

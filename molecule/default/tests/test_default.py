@@ -49,6 +49,10 @@ def test_health_is_200_healthy_with_every_simulated_perpetual(host):
 
     body = wait_for(healthy_with_all_symbols, timeout=60, what="health 200 with %d symbols" % expected)
     assert body["websocketConnected"] is True
+    # Coverage: the daemon's universe (exchangeInfo's TRADING perpetuals) is served whole, TradFi included.
+    assert body["expectedSymbolCount"] == body["symbolCount"] == expected
+    assert body["missingSymbolCount"] == 0 and body["missingSymbols"] == []
+    assert body["tradifiSymbolCount"] == get_json(host, SIMULATOR + "/_sim/status")[1]["tradfiCount"] > 0
 
 
 def test_btcusdt_equals_the_simulators_current_value_within_one_push(host):
@@ -61,6 +65,23 @@ def test_btcusdt_equals_the_simulators_current_value_within_one_push(host):
     assert served["fundingRate"] == simulated["fundingRate"]
     assert served["nextFundingTime"] == simulated["nextFundingTime"]
     assert served["indexPrice"] == simulated["indexPrice"]
+
+
+def test_a_tradfi_perpetual_equals_the_simulators_value_and_carries_its_type(host):
+    # XAUUSDT is absent from the all-market array (as on Binance): it comes on its own per-symbol stream.
+    def same_as_simulator():
+        simulated = get_json(host, SIMULATOR + "/_sim/symbols?symbols=XAUUSDT")[1]["XAUUSDT"]
+        status, served = get_json(host, API + "/funding/XAUUSDT")
+        return status == 200 and served["markPrice"] == simulated["markPrice"] and (served, simulated)
+
+    served, simulated = wait_for(same_as_simulator, timeout=30, interval=0.5, what="XAUUSDT to match the simulator")
+    assert simulated["onArray"] is False
+    assert served["fundingRate"] == simulated["fundingRate"]
+    assert served["nextFundingTime"] == simulated["nextFundingTime"]
+    assert served["indexPrice"] == simulated["indexPrice"]
+    assert (served["contractType"], served["underlyingType"]) == ("TRADIFI_PERPETUAL", "COMMODITY")
+    status, body = get_json(host, API + "/funding?contractType=TRADIFI_PERPETUAL&limit=1000")
+    assert status == 200 and body["matched"] == get_json(host, SIMULATOR + "/_sim/status")[1]["tradfiCount"]
 
 
 def test_batch_reports_found_and_missing_symbols(host):
@@ -186,6 +207,65 @@ def test_daemon_journal_shows_the_url_it_connects_to(host):
     assert "ws://127.0.0.1:9000/market/stream?streams=!markPrice@arr" in journal(host, "binance-funding-ws", 500)
 
 
+# Polls /funding/BTCUSDT 200 times a second on new connections while `systemctl restart` runs, and reports what
+# each attempt met. Runs inside the box (the API listens on the box's own loopback).
+RESTART_POLLER = r"""
+import http.client, json, subprocess, threading, time
+counts = {"answered": 0, "refused": 0, "reset": 0, "other": 0}
+statuses = {}
+slowest = [0.0]
+def restart():
+    time.sleep(1.5)
+    subprocess.run(["systemctl", "restart", "binance-funding-api.service"], check=True)
+restarter = threading.Thread(target=restart)
+restarter.start()
+end = time.monotonic() + 7.0
+while time.monotonic() < end:
+    started = time.monotonic()
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", 8888, timeout=20)
+        connection.request("GET", "/funding/BTCUSDT")
+        response = connection.getresponse()
+        response.read()
+        connection.close()
+        counts["answered"] += 1
+        statuses[response.status] = statuses.get(response.status, 0) + 1
+    except ConnectionRefusedError:
+        counts["refused"] += 1
+    except (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected):
+        counts["reset"] += 1
+    except Exception:
+        counts["other"] += 1
+    took = time.monotonic() - started
+    slowest[0] = max(slowest[0], took)
+    time.sleep(max(0.0, 0.005 - took))
+restarter.join()
+print(json.dumps({"counts": counts, "statuses": statuses, "slowest": round(slowest[0], 3)}))
+"""
+
+
+def test_a_client_polling_200_times_a_second_sees_no_refused_connection_across_a_restart(host):
+    before = host.check_output("systemctl show -p MainPID --value binance-funding-api.service")
+    host.run("cat > /tmp/restart_poller.py <<'EOF'\n%s\nEOF" % RESTART_POLLER)
+    result = host.run("python3 /tmp/restart_poller.py")
+    assert result.rc == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    print("restart under 200 req/s polling: %s" % report)
+    after = host.check_output("systemctl show -p MainPID --value binance-funding-api.service")
+    assert after != before and host.service("binance-funding-api.service").is_running
+    counts = report["counts"]
+    # The socket is systemd's: during the restart connections wait in its backlog and the new process answers them.
+    assert counts["refused"] == 0 and counts["reset"] == 0 and counts["other"] == 0, report
+    assert counts["answered"] > 500 and set(report["statuses"]) <= {"200"}, report
+
+
+def test_the_api_socket_is_systemds_and_listens_on_loopback(host):
+    socket_unit = host.service("binance-funding-api.socket")
+    assert socket_unit.is_running and socket_unit.is_enabled
+    listen = host.check_output("systemctl show -p Listen --value binance-funding-api.socket")
+    assert listen.strip() == "127.0.0.1:8888 (Stream)", listen
+
+
 def test_metrics_parse_as_prometheus_text_and_agree_with_health(host):
     # The scrape happens in the box; the exposition is parsed here, on the controller, by Prometheus' own parser.
     expected = get_json(host, SIMULATOR + "/_sim/status")[1]["perpetualCount"]
@@ -198,6 +278,8 @@ def test_metrics_parse_as_prometheus_text_and_agree_with_health(host):
         return steady and samples
 
     samples = wait_for(steady_scrape, timeout=60, what="a connected daemon with every symbol in /metrics")
+    assert samples["funding_symbols_expected"].value == samples["funding_symbols_served"].value == expected
+    assert samples["funding_symbols_missing"].value == 0
     assert samples["funding_api_up"].value == 1
     assert samples["funding_api_healthy"].value == 1
     assert samples["funding_state_file_ok"].value == 1

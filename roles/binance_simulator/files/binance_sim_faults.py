@@ -11,8 +11,11 @@ import json
 import math
 import random
 import re
-from typing import Any, Dict, List, Mapping, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+SWITCH_FAULTS = ("stall", "refuse", "malformed", "poison", "rest_outage", "rest_garbage", "freeze",
+                 "exchange_info_outage", "exchange_info_garbage", "subscribe_error", "array_tradfi",
+                 "funding_rest_limit")
 ONE_SHOT_FAULTS = ("drop", "list", "delist", "funding_rate")
 FAULT_NAMES = ("drop", "stall", "refuse", "malformed", "poison", "rotate", "rest_outage", "rest_skew",
                "rest_garbage", "freeze", "list", "delist", "exchange_info_outage", "exchange_info_garbage",
@@ -297,6 +300,11 @@ def fault_summary(action: Mapping[str, Any]) -> str:
     details = ", ".join(f"{key}={value}" for key, value in action.items() if key not in ("fault", "on"))
     state = "on" if action.get("on", True) else "off"
     return f"{action['fault']} {state}" + (f" ({details})" if details else "")
+
+
+def parse_bool_text(text: Optional[str]) -> bool:
+    """For query-string parameters."""
+    return _as_bool(text if text is not None else True, "on")
 
 
 def exchange_info_garbage(kind: str, good_body: str) -> Tuple[int, str, str]:

@@ -12,6 +12,7 @@ Threads:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -20,14 +21,20 @@ import struct
 import sys
 import threading
 import time
-from typing import Any, Dict, List, Optional, Tuple
-from urllib.parse import urlsplit
+from dataclasses import dataclass
+from typing import Any, Dict, FrozenSet, List, Optional, Tuple
+from urllib.parse import urlsplit, urlunsplit
 
 import funding_feed
+import funding_health
+import funding_json
+import funding_rest
 import funding_settings
 import funding_state
+import funding_subscriptions
 import funding_systemd
 import funding_terms
+import funding_universe
 import requests
 import websocket
 
@@ -45,6 +52,14 @@ RECV_POLL_SECONDS = 0.25
 CLOSE_HANDSHAKE_SECONDS = 1.0
 SHUTDOWN_JOIN_SECONDS = 2.0
 WRITE_RETRY_SECONDS = 1.0
+HOUSEKEEPING_SECONDS = 1.0
+ROTATION_READY_TIMEOUT_SECONDS = 60.0
+# The array's pushes may be shards (binance-protocol.md section 2): measure over at least two of them.
+ARRAY_PUSHES_MEASURED = 2
+# A symbol the array delivered once but then left out this long (the array's content changes) gets its own stream.
+ARRAY_ABSENCE_SECONDS = 60.0
+UNIVERSE_RETRY_INITIAL_SECONDS = 15.0
+EXCHANGE_INFO_PATH = "/fapi/v1/exchangeInfo"
 
 log = logging.getLogger(PROG)
 
@@ -53,7 +68,7 @@ S = funding_settings
 SETTINGS = (
     S.WS_URL, S.STATE_FILE, S.NO_DATA_SECONDS, S.RECONNECT_INITIAL, S.RECONNECT_MAX, S.HEALTHY_RESET, S.ROTATE_SECONDS,
     S.CONNECT_TIMEOUT, S.WRITE_COALESCE, S.WRITE_HEARTBEAT, S.SUMMARY_SECONDS, S.REST_URL, S.INTERVALS_REFRESH,
-    S.LOG_LEVEL,
+    S.UNIVERSE_REFRESH_SECONDS, S.ARRAY_GRACE_SECONDS, S.SYMBOL_EXPIRE_SECONDS, S.STALE_SECONDS, S.LOG_LEVEL,
 )
 
 
@@ -62,15 +77,28 @@ def url_is_legacy(url: str) -> bool:
 
 
 class FeedState:
-    """funding_state and connection_status, guarded by one lock; `changed` wakes the writer."""
+    """funding_state, connection_status, the universe and the delisted map, guarded by one lock.
 
-    def __init__(self, funding: Dict[str, Dict[str, Any]], status: Dict[str, Any]) -> None:
+    `changed` wakes the writer.
+    """
+
+    def __init__(self, funding: Dict[str, Dict[str, Any]], status: Dict[str, Any],
+                 delisted: Optional[Dict[str, float]] = None) -> None:
         self.lock = threading.Lock()
         self.changed = threading.Event()
         self.funding = funding
         self.status = status
         self.funding_terms: Optional[Dict[str, funding_terms.FundingTerms]] = None
         self.items_accepted = 0
+        self.contracts: Optional[Dict[str, Dict[str, str]]] = None  # the universe; None while unknown
+        self.universe_symbols: Optional[FrozenSet[str]] = None
+        self.excluded: Dict[str, str] = {}  # listed symbols outside the universe -> ignore reason
+        self.universe_fetched_at: Optional[float] = None
+        self.delisted: Dict[str, float] = dict(delisted or {})
+        self.listed_at: Dict[str, float] = {}  # monotonic time a symbol entered the universe after the first one
+        self.array_seen: Dict[str, float] = {}  # monotonic time the all-market array last delivered each symbol
+        self.array_frames = 0  # all-market frames with at least one valid item, on any connection
+        self._universe_json: Optional[funding_state.EncodedJson] = None
         # Set when a settlement's T spacing revealed an interval fundingInfo did not say: refresh the terms early.
         self.terms_suspect = threading.Event()
 
@@ -87,6 +115,8 @@ class FeedState:
     def apply_frame(self, raw: Any) -> Tuple[funding_feed.FrameResult, int]:
         """Parse and merge one frame; return the parse result and how many updates were stored."""
         result = funding_feed.parse_frame(raw)
+        if result.control is not None:
+            return result, 0
         now = time.time()
         with self.lock:
             status = self.status
@@ -99,8 +129,29 @@ class FeedState:
             status["items_skipped_no_funding"] += result.items_skipped_no_funding
             stored = 0
             changes: List[funding_feed.IntervalChange] = []
-            if result.updates:
-                merge = funding_feed.merge_updates(self.funding, result.updates, now, self.funding_terms)
+            updates = result.updates
+            if updates and not result.per_symbol:
+                self.array_frames += 1
+                seen = time.monotonic()
+                array_seen = self.array_seen
+                for update in updates:
+                    array_seen[update.symbol] = seen
+            universe = self.universe_symbols
+            if universe is not None:
+                if updates:
+                    updates = [u for u in updates if u.symbol in universe
+                               and u.market_marker != funding_universe.COIN_M_MARKER]
+                    if len(updates) != len(result.updates):
+                        self._count_ignored(result.updates, universe)
+                # Rows without funding (dated, SETTLING) are skipped by the parser; say why they are not served.
+                for symbol in result.skipped_symbols:
+                    if symbol not in universe:
+                        key = funding_state.IGNORED_STATUS_PREFIX + funding_universe.ignore_reason(
+                            symbol, None, self.excluded)
+                        status[key] = status.get(key, 0) + 1
+            if updates:
+                merge = funding_feed.merge_updates(self.funding, updates, now, self.funding_terms,
+                                                   contracts=self.contracts)
                 stored = merge.accepted
                 status["items_out_of_order"] += merge.out_of_order
                 status["items_rejected"] += merge.over_symbol_limit
@@ -113,6 +164,14 @@ class FeedState:
         self.changed.set()
         log_interval_changes(changes)
         return result, stored
+
+    def _count_ignored(self, updates: List[funding_feed.MarkPriceUpdate], universe: FrozenSet[str]) -> None:
+        for update in updates:
+            if update.symbol in universe and update.market_marker != funding_universe.COIN_M_MARKER:
+                continue
+            key = funding_state.IGNORED_STATUS_PREFIX + funding_universe.ignore_reason(
+                update.symbol, update.market_marker, self.excluded)
+            self.status[key] = self.status.get(key, 0) + 1
 
     def _adopt_revealed(self, revealed: Dict[str, int]) -> None:
         """Later items of a symbol keep the interval its T spacing proved, until fundingInfo says otherwise."""
@@ -138,14 +197,158 @@ class FeedState:
         log_interval_changes(changes)
         return changed
 
-    def payload(self) -> Dict[str, Any]:
-        # Records are replaced, never mutated, so shallow copies are consistent snapshots.
+    def apply_universe(self, universe: funding_universe.Universe, fetched_at: float,
+                       initial: bool = False) -> "UniverseChange":
+        """Make `universe` the one in use: drop records outside it, note delistings, tag records with their type.
+
+        A symbol is noted as delisted when it leaves a known universe or is listed as no longer trading; a record
+        that was never a contract (unknown, dated, COIN-M) is dropped without a note. `initial` is the universe
+        loaded from the previous state file at start.
+        """
+        now = time.time()
+        mono = time.monotonic()
         with self.lock:
-            return funding_state.build_payload(dict(self.funding), dict(self.status), time.time(), os.getpid())
+            previous = self.universe_symbols
+            symbols = universe.symbols
+            added = symbols - previous if previous is not None else frozenset()
+            left = previous - symbols if previous is not None else frozenset()
+            self.contracts = universe.contracts
+            self._universe_json = None
+            self.universe_symbols = symbols
+            self.excluded = dict(universe.excluded)
+            self.universe_fetched_at = fetched_at
+            for symbol in added:
+                self.listed_at[symbol] = mono
+            for symbol in list(self.listed_at):
+                if symbol not in symbols:
+                    del self.listed_at[symbol]
+            delisted_now = set(left)
+            removed = [s for s in self.funding if s not in symbols]
+            for symbol in removed:
+                del self.funding[symbol]
+                if self.excluded.get(symbol) in (funding_universe.IGNORE_SETTLING, funding_universe.IGNORE_NOT_TRADING):
+                    delisted_now.add(symbol)
+            for symbol in delisted_now:
+                self.delisted.setdefault(symbol, now)
+            for symbol in symbols:
+                self.delisted.pop(symbol, None)
+            prune_delisted(self.delisted, now)
+            tagged = apply_contracts(self.funding, universe.contracts)
+            self.status.update(
+                universe_known=True,
+                universe_fetched_at=fetched_at,
+                expected_symbols=len(symbols),
+                universe_bad_entries=universe.bad_entries,
+                universe_held_back=False,
+            )
+            if not initial:
+                self.status["universe_refreshes"] = self.status.get("universe_refreshes", 0) + 1
+            self.status["symbols_removed"] = self.status.get("symbols_removed", 0) + len(removed)
+        self.changed.set()
+        return UniverseChange(sorted(added), sorted(left), sorted(removed), tagged)
+
+    def expire_symbols(self, expire_seconds: float, started_at: float) -> List[str]:
+        """Without a universe: remove symbols no stream carried for expire_seconds (counted from the start at
+        the earliest, so a restart gives loaded symbols that long to reappear)."""
+        now = time.time()
+        with self.lock:
+            if self.universe_symbols is not None:
+                return []
+            expired = [s for s, r in self.funding.items()
+                       if now - max(_number(r.get("updatedAt")), started_at) > expire_seconds]
+            for symbol in expired:
+                del self.funding[symbol]
+                self.delisted.setdefault(symbol, now)
+            pruned = prune_delisted(self.delisted, now)
+            if expired:
+                self.status["symbols_removed"] = self.status.get("symbols_removed", 0) + len(expired)
+        if expired or pruned:
+            self.changed.set()
+        return expired
+
+    def coverage(self, stale_seconds: float) -> Tuple[Optional[int], List[str]]:
+        """(expected, missing): universe symbols without data newer than stale_seconds; (None, []) without one."""
+        cutoff = time.time() - stale_seconds
+        with self.lock:
+            universe = self.universe_symbols
+            if universe is None:
+                return None, []
+            funding = self.funding
+            missing = sorted(s for s in universe
+                             if s not in funding or _number(funding[s].get("updatedAt")) < cutoff)
+        return len(universe), missing
+
+    def gap_symbols(self, connected_since: float, grace_seconds: float, now: float) -> Optional[FrozenSet[str]]:
+        """Universe symbols the all-market array did not deliver within grace_seconds of `connected_since` (or of
+        their listing), or has stopped delivering for ARRAY_ABSENCE_SECONDS: the ones that need their own stream.
+        None while it cannot be measured yet."""
+        with self.lock:
+            universe = self.universe_symbols
+            if universe is None:
+                return None
+            array_seen = self.array_seen
+            listed_at = self.listed_at
+            gaps = set()
+            for symbol in universe:
+                since = max(connected_since, listed_at.get(symbol, connected_since))
+                if now - since < grace_seconds:
+                    continue
+                if array_seen.get(symbol, -1.0) < max(since, now - ARRAY_ABSENCE_SECONDS):
+                    gaps.add(symbol)
+        return frozenset(gaps)
+
+    def universe_for_file(self) -> Optional[funding_state.EncodedJson]:
+        """The state file's `universe`, encoded once per universe (it is a third of the file, written every change)."""
+        if self.contracts is None:
+            return None
+        if self._universe_json is None:
+            self._universe_json = funding_state.EncodedJson(
+                funding_json.dumps({"fetched_at": self.universe_fetched_at, "symbols": self.contracts}))
+        return self._universe_json
+
+    def payload(self) -> Dict[str, Any]:
+        # Records are replaced, never mutated, so shallow copies are consistent snapshots. The universe dict is
+        # replaced as a whole too.
+        with self.lock:
+            return funding_state.build_payload(dict(self.funding), dict(self.status), time.time(), os.getpid(),
+                                               universe=self.universe_for_file(), delisted=dict(self.delisted))
 
     def counts(self) -> Dict[str, Any]:
         with self.lock:
             return dict(self.status, symbols=len(self.funding), items_accepted=self.items_accepted)
+
+
+@dataclass
+class UniverseChange:
+    added: List[str]
+    left: List[str]  # left the universe
+    removed: List[str]  # records removed from funding_state
+    tagged: int  # records whose contractType/underlyingType changed
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+
+
+def prune_delisted(delisted: Dict[str, float], now: float) -> int:
+    old = [s for s, t in delisted.items() if now - t > funding_state.DELISTED_KEEP_SECONDS]
+    for symbol in old:
+        del delisted[symbol]
+    return len(old)
+
+
+def apply_contracts(funding: Dict[str, Dict[str, Any]], contracts: Dict[str, Dict[str, str]]) -> int:
+    """Set contractType/underlyingType on every record from the universe (new dicts); return how many changed."""
+    changed = 0
+    for symbol, record in list(funding.items()):
+        contract = contracts.get(symbol)
+        if contract is None:
+            continue
+        values = {k: contract[k] for k in funding_state.CONTRACT_KEYS if contract.get(k)}
+        if any(record.get(k) != v for k, v in values.items()):
+            funding[symbol] = dict(record, **values)
+            changed += 1
+    return changed
 
 
 class StateWriter(threading.Thread):
@@ -217,28 +420,34 @@ class StateWriter(threading.Thread):
 
 
 class Connection:
-    """One WebSocket connection in its own thread: connect, receive, hand frames to the feed."""
+    """One WebSocket connection in its own thread: connect, receive, hand frames to the feed, and keep its
+    per-symbol streams subscribed (control messages are sent from this same thread, paced)."""
 
     CONNECTING = "connecting"
     OPEN = "open"
     CLOSED = "closed"
 
     def __init__(self, number: int, url: str, purpose: str, feed: FeedState, *, wake: threading.Event,
-                 connect_timeout: float) -> None:
+                 connect_timeout: float, carries_array: bool = True,
+                 streams: FrozenSet[str] = frozenset()) -> None:
         self.number = number
         self.url = url
         self.purpose = purpose
         self.feed = feed
         self.wake = wake
         self.connect_timeout = connect_timeout
+        self.carries_array = carries_array
+        self.subscriptions = funding_subscriptions.Subscriptions(streams)
         self.state = self.CONNECTING
         self.started_at = time.monotonic()
         self.opened_at: Optional[float] = None
+        # Data that proves this connection works: the array's for the all-market connection, else any.
         self.first_data_at: Optional[float] = None
         self.last_data_at: Optional[float] = None
         self.closed_at: Optional[float] = None
         self.close_reason: Optional[str] = None
         self.frames = 0
+        self.array_frames = 0  # frames of the all-market array with at least one valid item
         self.announced = False  # "connected" logged and counted
         self._close_requested: Optional[str] = None
         self._ws: Optional[websocket.WebSocket] = None
@@ -259,9 +468,20 @@ class Connection:
     def closing(self) -> bool:
         return self._close_requested is not None
 
+    @property
+    def ready(self) -> bool:
+        """Delivers data (the array's, on the all-market connection) and every wanted stream is acknowledged."""
+        if self.state != self.OPEN:
+            return False
+        if self.carries_array and self.first_data_at is None:
+            return False
+        return self.subscriptions.complete
+
     def seconds_without_data(self, now: float) -> Optional[float]:
         if self.state != self.OPEN or self.opened_at is None:
             return None
+        if not self.carries_array and not self.subscriptions.acked:
+            return None  # an overflow connection has nothing to deliver before its first acknowledgement
         return now - (self.last_data_at if self.last_data_at is not None else self.opened_at)
 
     def _run(self) -> None:
@@ -300,6 +520,10 @@ class Connection:
                     log.debug("closing connection #%d: %s", self.number, describe_error(exc))
                 return self._close_requested
             try:
+                self._send_control(ws)
+            except Exception as exc:
+                return "send error: %s" % describe_error(exc)
+            try:
                 opcode, data = ws.recv_data()
             except websocket.WebSocketTimeoutException:
                 continue
@@ -312,19 +536,60 @@ class Connection:
             if opcode in (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY):
                 self._handle_frame(data)
 
+    def _send_control(self, ws: websocket.WebSocket) -> None:
+        subscriptions = self.subscriptions
+        now = time.monotonic()
+        for request in subscriptions.expire(now):
+            self.feed.increment_status("subscribe_errors")
+            log.warning("connection #%d: no answer to %s of %d streams within %.0f s; retrying in %.0f s",
+                        self.number, request.method, len(request.streams), funding_subscriptions.ACK_TIMEOUT_SECONDS,
+                        subscriptions.retry_at - now)
+        message = subscriptions.next_message(now)
+        if message is None:
+            return
+        # A text frame: Binance closes the connection (1008) on a binary control frame.
+        ws.send(json.dumps(message, separators=(",", ":")), websocket.ABNF.OPCODE_TEXT)
+        self.feed.increment_status("subscribe_messages")
+        log.info("connection #%d: %s %d streams (id %d)", self.number, message["method"], len(message["params"]),
+                 message["id"])
+
     def _handle_frame(self, data: Any) -> None:
         self.frames += 1
         result, _stored = self.feed.apply_frame(data)
+        if result.control is not None:
+            self._handle_reply(result.control)
+            return
         if result.frame_rejected:
             log.debug("connection #%d: frame rejected: %s", self.number, result.frame_reject_reason)
         elif result.reject_reasons:
             log.debug("connection #%d: items rejected: %s", self.number, dict(result.reject_reasons))
-        if result.updates:
+        if result.updates and not result.per_symbol:
+            self.array_frames += 1
+        if result.updates and (result.per_symbol != self.carries_array):
             now = time.monotonic()
             if self.first_data_at is None:
                 self.first_data_at = now
                 self.wake.set()
             self.last_data_at = now
+
+    def _handle_reply(self, reply: funding_feed.ControlReply) -> None:
+        now = time.monotonic()
+        error = None
+        if not reply.ok:
+            error = "code %s: %s" % (reply.error_code, reply.error_message or "no message")
+        outcome = self.subscriptions.on_reply(reply.request_id, error, now)
+        if outcome.request is None:
+            log.warning("connection #%d: answer to an unknown request id %.40r%s", self.number, reply.request_id,
+                        " (%s)" % error if error else "")
+            return
+        if error is not None:
+            self.feed.increment_status("subscribe_errors")
+            log.warning("connection #%d: %s of %d streams refused (%s); retrying in %.0f s", self.number,
+                        outcome.request.method, len(outcome.request.streams), error,
+                        self.subscriptions.retry_at - now)
+            return
+        if self.subscriptions.complete:
+            self.wake.set()
 
 
 def describe_error(exc: BaseException, limit: int = 200) -> str:
@@ -360,8 +625,52 @@ class Backoff:
         self.attempts = 0
 
 
+def overflow_url(url: str) -> str:
+    """The URL of a connection without the all-market stream, for per-symbol streams only (same path family)."""
+    parts = urlsplit(url)
+    path = parts.path
+    marker = path.find("/ws/")
+    if marker >= 0:
+        path = path[:marker + 3]
+    return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+
+
+class Slot:
+    """One serving connection (two while rotating) and the per-symbol streams it carries.
+
+    Slot 0 carries the all-market array plus up to 1023 per-symbol streams and drives connection_status;
+    further slots carry the overflow, 1024 streams each.
+    """
+
+    def __init__(self, index: int, url: str, backoff: "Backoff") -> None:
+        self.index = index
+        self.url = url
+        self.carries_array = index == 0
+        self.backoff = backoff
+        self.streams: FrozenSet[str] = frozenset()
+        self.primary: Optional[Connection] = None
+        self.candidate: Optional[Connection] = None
+        self.retired: List[Connection] = []
+        self.next_attempt_at = time.monotonic()
+        self.next_rotation_at: Optional[float] = None
+
+    @property
+    def label(self) -> str:
+        return "" if self.index == 0 else " (overflow %d)" % self.index
+
+    def connections(self) -> List[Connection]:
+        return [c for c in (self.primary, self.candidate, *self.retired) if c is not None]
+
+    def set_streams(self, streams: FrozenSet[str]) -> None:
+        self.streams = streams
+        for connection in (self.primary, self.candidate):
+            if connection is not None:
+                connection.subscriptions.set_wanted(streams)
+
+
 class Supervisor:
-    """The main loop: keeps exactly one healthy connection (two while rotating)."""
+    """The main loop: keeps every slot's connection healthy (two while rotating), and the per-symbol streams
+    subscribed where the all-market array leaves gaps."""
 
     def __init__(self, config: Dict[str, Any], feed: FeedState, writer: StateWriter) -> None:
         self.url: str = config["FUNDING_WS_URL"]
@@ -371,19 +680,34 @@ class Supervisor:
         self.connect_timeout: float = config["FUNDING_CONNECT_TIMEOUT_SECONDS"]
         self.summary_seconds: float = config["FUNDING_SUMMARY_SECONDS"]
         self.rotation_retry_seconds: float = config["FUNDING_RECONNECT_MAX_SECONDS"]
-        self.backoff = Backoff(config["FUNDING_RECONNECT_INITIAL_SECONDS"], config["FUNDING_RECONNECT_MAX_SECONDS"])
+        self.array_grace_seconds: float = config["FUNDING_ARRAY_GRACE_SECONDS"]
+        self.expire_seconds: float = config["FUNDING_SYMBOL_EXPIRE_SECONDS"]
+        self.stale_seconds: float = config["FUNDING_STALE_SECONDS"]
+        self.reconnect_initial: float = config["FUNDING_RECONNECT_INITIAL_SECONDS"]
+        self.reconnect_max: float = config["FUNDING_RECONNECT_MAX_SECONDS"]
+        self.started_at = time.time()
         self.feed = feed
         self.writer = writer
         self.wake = threading.Event()
         self.stop_requested = threading.Event()
-        self.primary: Optional[Connection] = None
-        self.candidate: Optional[Connection] = None
-        self.retired: List[Connection] = []
-        self.next_attempt_at = time.monotonic()
-        self.next_rotation_at: Optional[float] = None
+        self.slots: List[Slot] = [Slot(0, self.url, self._new_backoff())]
+        self.stream_slot: Dict[str, int] = {}  # symbol -> slot of its per-symbol stream
         self.connection_count = 0
         self.stop_signal: Optional[int] = None
+        self.next_housekeeping = time.monotonic()
+        self._spell: Optional[Tuple[float, int]] = None
         self._last_status_line = ""
+
+    def _new_backoff(self) -> "Backoff":
+        return Backoff(self.reconnect_initial, self.reconnect_max)
+
+    @property
+    def primary(self) -> Optional[Connection]:
+        return self.slots[0].primary
+
+    @property
+    def backoff(self) -> "Backoff":
+        return self.slots[0].backoff
 
     def request_stop(self, signum: int, _frame: Any = None) -> None:
         # Only flags here: logging from a signal handler can re-enter a stream the main thread is writing.
@@ -412,20 +736,8 @@ class Supervisor:
             self.wake.wait(SUPERVISOR_TICK_SECONDS)
 
     def step(self, now: float) -> None:
-        for connection in list(self.retired):
-            if connection.state == Connection.CLOSED:
-                self.retired.remove(connection)
-                log.info("connection #%d closed after rotation (%s)", connection.number, connection.close_reason)
-        if self.candidate is not None and self.candidate.state == Connection.CLOSED:
-            self._rotation_failed(self.candidate, now)
-        if self.primary is not None and self.primary.state == Connection.CLOSED:
-            self._primary_closed(self.primary, now)
-        if self.candidate is not None and self.candidate.first_data_at is not None:
-            self._finish_rotation(now)
-        if self.primary is None and now >= self.next_attempt_at:
-            self.primary = self._open("connect")
-        self._check_no_data(now)
-        self._maybe_rotate(now)
+        for slot in self.slots:
+            self._step_slot(slot, now)
         primary = self.primary
         if (primary is not None and primary.first_data_at is not None and self.backoff.attempts
                 and now - primary.first_data_at >= self.healthy_reset_seconds):
@@ -434,59 +746,103 @@ class Supervisor:
             self.backoff.reset()
             self.feed.update_status(reconnect_attempts=0)
         self._update_connected()
+        if now >= self.next_housekeeping:
+            self.next_housekeeping = now + HOUSEKEEPING_SECONDS
+            self._housekeeping(now)
 
-    def _open(self, purpose: str) -> Connection:
+    def _step_slot(self, slot: Slot, now: float) -> None:
+        for connection in list(slot.retired):
+            if connection.state == Connection.CLOSED:
+                slot.retired.remove(connection)
+                log.info("connection #%d closed after rotation (%s)", connection.number, connection.close_reason)
+        if slot.candidate is not None and slot.candidate.state == Connection.CLOSED:
+            self._rotation_failed(slot, slot.candidate, now)
+        if slot.primary is not None and slot.primary.state == Connection.CLOSED:
+            self._primary_closed(slot, slot.primary, now)
+        candidate = slot.candidate
+        if candidate is not None and (candidate.ready or self._rotation_ready_anyway(candidate, now)):
+            self._finish_rotation(slot, now)
+        if slot.primary is None and now >= slot.next_attempt_at and (slot.carries_array or slot.streams):
+            slot.primary = self._open(slot, "connect")
+        self._check_no_data(slot, now)
+        self._maybe_rotate(slot, now)
+        primary = slot.primary
+        if (slot.index and primary is not None and primary.first_data_at is not None and slot.backoff.attempts
+                and now - primary.first_data_at >= self.healthy_reset_seconds):
+            slot.backoff.reset()
+
+    def _rotation_ready_anyway(self, candidate: Connection, now: float) -> bool:
+        """A rotation whose subscriptions keep failing must not keep the old connection past its age forever."""
+        if candidate.state != Connection.OPEN or (candidate.carries_array and candidate.first_data_at is None):
+            return False
+        if candidate.opened_at is None or now - candidate.opened_at < ROTATION_READY_TIMEOUT_SECONDS:
+            return False
+        log.warning("rotation connection #%d: %d of %d streams acknowledged after %.0f s; rotating anyway",
+                    candidate.number, candidate.subscriptions.live, len(candidate.subscriptions.wanted),
+                    now - candidate.opened_at)
+        return True
+
+    def _open(self, slot: Slot, purpose: str) -> Connection:
         self.connection_count += 1
-        connection = Connection(self.connection_count, self.url, purpose, self.feed, wake=self.wake,
-                                connect_timeout=self.connect_timeout)
-        log.info("connecting #%d (%s) to %s", connection.number, purpose, self.url)
+        connection = Connection(self.connection_count, slot.url, purpose, self.feed, wake=self.wake,
+                                connect_timeout=self.connect_timeout, carries_array=slot.carries_array,
+                                streams=slot.streams)
+        log.info("connecting #%d (%s%s) to %s", connection.number, purpose, slot.label, slot.url)
         connection.start()
         return connection
 
-    def _primary_closed(self, connection: Connection, now: float) -> None:
+    def _primary_closed(self, slot: Slot, connection: Connection, now: float) -> None:
         if connection.opened_at is None:
             what = "connection #%d failed" % connection.number
         else:
             what = "disconnected #%d after %.1f s connected" % (
                 connection.number, (connection.closed_at or now) - connection.opened_at)
-        self.feed.update_status(last_disconnect_time=time.time(), last_disconnect_reason=connection.close_reason)
-        if self.candidate is not None:
+        if slot.carries_array:
+            self.feed.update_status(last_disconnect_time=time.time(),
+                                    last_disconnect_reason=connection.close_reason)
+        if slot.candidate is not None:
             log.warning("%s: %s; continuing on connection #%d", what, connection.close_reason,
-                        self.candidate.number)
-            self.primary, self.candidate = self.candidate, None
+                        slot.candidate.number)
+            slot.primary, slot.candidate = slot.candidate, None
             return
-        self.primary = None
+        slot.primary = None
         if (connection.first_data_at is not None
                 and (connection.closed_at or now) - connection.first_data_at >= self.healthy_reset_seconds):
-            self.backoff.reset()  # it delivered data for a healthy spell: this is a fresh failure, not a streak
-        delay = self.backoff.next_delay()
-        self.next_attempt_at = now + delay
-        self.feed.update_status(reconnect_attempts=self.backoff.attempts)
-        log.warning("%s: %s; reconnecting in %.2f s (attempt %d)", what, connection.close_reason, delay,
-                    self.backoff.attempts)
+            slot.backoff.reset()  # it delivered data for a healthy spell: this is a fresh failure, not a streak
+        if not slot.carries_array and not slot.streams:
+            log.info("%s%s: %s; no streams left for it", what, slot.label, connection.close_reason)
+            return
+        delay = slot.backoff.next_delay()
+        slot.next_attempt_at = now + delay
+        if slot.carries_array:
+            self.feed.update_status(reconnect_attempts=slot.backoff.attempts)
+        log.warning("%s%s: %s; reconnecting in %.2f s (attempt %d)", what, slot.label, connection.close_reason,
+                    delay, slot.backoff.attempts)
 
-    def _rotation_failed(self, connection: Connection, now: float) -> None:
-        self.candidate = None
-        self.next_rotation_at = now + self.rotation_retry_seconds
+    def _rotation_failed(self, slot: Slot, connection: Connection, now: float) -> None:
+        slot.candidate = None
+        slot.next_rotation_at = now + self.rotation_retry_seconds
         log.warning("rotation connection #%d failed: %s; staying on #%s, next rotation attempt in %.0f s",
                     connection.number, connection.close_reason,
-                    self.primary.number if self.primary else "-", self.rotation_retry_seconds)
+                    slot.primary.number if slot.primary else "-", self.rotation_retry_seconds)
 
-    def _finish_rotation(self, now: float) -> None:
-        new, old = self.candidate, self.primary
+    def _finish_rotation(self, slot: Slot, now: float) -> None:
+        new, old = slot.candidate, slot.primary
         assert new is not None
-        self.primary, self.candidate = new, None
-        self.next_rotation_at = None
-        self.feed.increment_status("rotations")
+        slot.primary, slot.candidate = new, None
+        slot.next_rotation_at = None
+        if slot.carries_array:
+            self.feed.increment_status("rotations")
         if old is None:
             return
         age = now - old.opened_at if old.opened_at is not None else 0.0
-        log.info("rotated: connection #%d receives data, closing #%d after %.0f s", new.number, old.number, age)
+        log.info("rotated: connection #%d receives data, closing #%d after %.0f s (%d symbol streams moved)",
+                 new.number, old.number, age, new.subscriptions.live)
         old.request_close("rotated to connection #%d" % new.number)
-        self.retired.append(old)
+        slot.retired.append(old)
 
-    def _check_no_data(self, now: float) -> None:
-        for connection in (self.primary, self.candidate):
+    def _check_no_data(self, slot: Slot, now: float) -> None:
+        for connection in (slot.primary, slot.candidate):
             if connection is None:
                 continue
             if connection.closing:
@@ -494,26 +850,102 @@ class Supervisor:
             silent = connection.seconds_without_data(now)
             if silent is None or silent < self.no_data_seconds:
                 continue
-            reason = "no markPriceUpdate for %.1f s on %s" % (silent, self.url)
-            if url_is_legacy(self.url):
+            reason = "no markPriceUpdate for %.1f s on %s" % (silent, slot.url)
+            if url_is_legacy(slot.url):
                 reason += LEGACY_HINT
             log.info("connection #%d silent for %.1f s: closing it", connection.number, silent)
             connection.request_close(reason)
 
-    def _maybe_rotate(self, now: float) -> None:
-        primary = self.primary
-        if self.candidate is not None or primary is None or primary.state != Connection.OPEN:
+    def _maybe_rotate(self, slot: Slot, now: float) -> None:
+        primary = slot.primary
+        if slot.candidate is not None or primary is None or primary.state != Connection.OPEN:
             return
         if primary.opened_at is None or now - primary.opened_at < self.rotate_seconds:
             return
-        if self.next_rotation_at is not None and now < self.next_rotation_at:
+        if slot.next_rotation_at is not None and now < slot.next_rotation_at:
             return
         log.info("connection #%d is %.0f s old: rotating before the 24 h limit", primary.number,
                  now - primary.opened_at)
-        self.candidate = self._open("rotation")
+        slot.candidate = self._open(slot, "rotation")
+
+    def _housekeeping(self, now: float) -> None:
+        """Per-symbol streams for the array's gaps, expiry without a universe, coverage figures."""
+        self._reconcile_streams(now)
+        expired = self.feed.expire_symbols(self.expire_seconds, self.started_at)
+        if expired:
+            log.warning("removed %d symbols no stream carried for %.0f s (no universe known): %s", len(expired),
+                        self.expire_seconds, ", ".join(expired[:20]))
+        expected, missing = self.feed.coverage(self.stale_seconds)
+        live = sum(c.subscriptions.live for slot in self.slots for c in (slot.primary,) if c is not None)
+        open_count = sum(1 for slot in self.slots if slot.primary is not None and slot.primary.state == Connection.OPEN)
+        with self.feed.lock:
+            status = self.feed.status
+            low = expected is not None and expected > 0 and (
+                expected - len(missing) < expected * funding_health.COVERAGE_MIN_FRACTION)
+            values = {
+                "expected_symbols": expected,
+                "missing_symbols": len(missing) if expected is not None else None,
+                "coverage_low_since": (status.get("coverage_low_since") or time.time()) if low else None,
+                "symbol_streams": live,
+                "symbol_streams_wanted": len(self.stream_slot),
+                "stream_connections": open_count,
+            }
+            changed = any(status.get(k) != v for k, v in values.items())
+            status.update(values)
+        if changed:
+            self.feed.changed.set()
+
+    def _array_spell(self) -> Optional[Tuple[float, int]]:
+        """(since when, feed.array_frames then) of the current spell of all-market data without a break.
+
+        A rotation does not break it (the old connection delivers until the new one does); a reconnect does.
+        """
+        slot = self.slots[0]
+        delivering = [c for c in (slot.primary, slot.candidate, *slot.retired)
+                      if c is not None and c.state == Connection.OPEN and c.first_data_at is not None]
+        if not delivering:
+            self._spell = None
+        elif self._spell is None:
+            first = min(delivering, key=lambda c: c.opened_at or 0.0)
+            self._spell = (first.opened_at or time.monotonic(), self.feed.array_frames - first.array_frames)
+        return self._spell
+
+    def _reconcile_streams(self, now: float) -> None:
+        spell = self._array_spell()
+        if spell is None or self.feed.array_frames - spell[1] < ARRAY_PUSHES_MEASURED:
+            return
+        universe = self.feed.universe_symbols
+        if universe is None:
+            return
+        # Symbols keep their stream once they have one (measuring again after every reconnect would open gaps);
+        # only a symbol that leaves the universe loses it.
+        gaps = self.feed.gap_symbols(spell[0], self.array_grace_seconds, now)
+        if gaps is None:
+            return
+        wanted = {s for s in self.stream_slot if s in universe} | gaps
+        if wanted == set(self.stream_slot):
+            return
+        added = sorted(wanted - set(self.stream_slot))
+        removed = sorted(set(self.stream_slot) - wanted)
+        self.stream_slot = funding_subscriptions.assign_slots(self.stream_slot, wanted)
+        if added:
+            log.info("%d universe symbols not delivered by the all-market array: per-symbol streams for %s%s",
+                     len(added), ", ".join(added[:20]), ", ..." if len(added) > 20 else "")
+        if removed:
+            log.info("%d symbols left the universe: unsubscribing %s", len(removed), ", ".join(removed[:20]))
+        slot_count = max(self.stream_slot.values(), default=0) + 1
+        while len(self.slots) < slot_count:
+            self.slots.append(Slot(len(self.slots), overflow_url(self.url), self._new_backoff()))
+        for slot in self.slots:
+            slot.set_streams(frozenset(funding_subscriptions.stream_name(s)
+                                       for s, index in self.stream_slot.items() if index == slot.index))
+        for slot in self.slots[1:]:
+            if not slot.streams and slot.primary is not None and not slot.primary.closing:
+                slot.primary.request_close("no per-symbol streams left")
 
     def _update_connected(self) -> None:
-        open_connections = [c for c in (self.primary, self.candidate) if c is not None and c.state == Connection.OPEN]
+        slot = self.slots[0]
+        open_connections = [c for c in (slot.primary, slot.candidate) if c is not None and c.state == Connection.OPEN]
         connected = bool(open_connections)
         if connected != self.feed.status.get("connected"):
             # disconnected_since marks the start of a down spell; failed attempts within it do not move it.
@@ -521,11 +953,12 @@ class Supervisor:
             if connected:
                 values["last_connected_time"] = time.time()
             self.feed.update_status(**values)
-        for connection in open_connections:
-            if not connection.announced:
-                connection.announced = True
-                self.feed.increment_status("connections_opened")
-                log.info("connected #%d to %s", connection.number, self.url)
+        for slot in self.slots:
+            for connection in (slot.primary, slot.candidate):
+                if connection is not None and connection.state == Connection.OPEN and not connection.announced:
+                    connection.announced = True
+                    self.feed.increment_status("connections_opened")
+                    log.info("connected #%d to %s%s", connection.number, slot.url, slot.label)
 
     def log_summary(self, last_frames: int) -> int:
         counts = self.feed.counts()
@@ -534,14 +967,19 @@ class Supervisor:
         on = "-"
         if primary is not None and primary.opened_at is not None and primary.state == Connection.OPEN:
             on = "#%d for %.0f s" % (primary.number, time.monotonic() - primary.opened_at)
+        ignored = sum(counts.get(funding_state.IGNORED_STATUS_PREFIX + r, 0) for r in funding_universe.IGNORE_REASONS)
         log.info(
             "summary: %d symbols, connected=%s (%s), frames %d (+%d), items stored %d, rejected frames %d, "
-            "rejected items %d, skipped without funding %d, out of order %d, reconnect attempts %d, "
+            "rejected items %d, skipped without funding %d, out of order %d, ignored outside the universe %d, "
+            "universe %s, missing %s, symbol streams %d of %d on %d connections, reconnect attempts %d, "
             "rotations %d, state writes %d, write errors %d",
             counts["symbols"], counts["connected"], on, frames, frames - last_frames, counts["items_accepted"],
             counts["frames_rejected"], counts["items_rejected"], counts["items_skipped_no_funding"],
-            counts["items_out_of_order"], counts["reconnect_attempts"], counts["rotations"], self.writer.writes,
-            counts["state_write_errors"],
+            counts["items_out_of_order"], ignored,
+            counts.get("expected_symbols") if counts.get("universe_known") else "unknown",
+            counts.get("missing_symbols"), counts.get("symbol_streams", 0), counts.get("symbol_streams_wanted", 0),
+            counts.get("stream_connections", 0), counts["reconnect_attempts"], counts["rotations"],
+            self.writer.writes, counts["state_write_errors"],
         )
         return frames
 
@@ -556,7 +994,7 @@ class Supervisor:
     def shutdown(self) -> None:
         if self.stop_signal is not None:
             log.info("received %s, shutting down", signal.Signals(self.stop_signal).name)
-        connections = [c for c in (self.primary, self.candidate, *self.retired) if c is not None]
+        connections = [c for slot in self.slots for c in slot.connections()]
         for connection in connections:
             connection.request_close("daemon stopping")
         deadline = time.monotonic() + SHUTDOWN_JOIN_SECONDS
@@ -564,7 +1002,7 @@ class Supervisor:
             connection.join(max(0.0, deadline - time.monotonic()))
         stopped = time.time()
         self.feed.update_status(connected=False, last_disconnect_time=stopped, disconnected_since=stopped,
-                                last_disconnect_reason="daemon stopping")
+                                last_disconnect_reason="daemon stopping", stream_connections=0, symbol_streams=0)
 
 
 def log_interval_changes(changes: List[funding_feed.IntervalChange]) -> None:
@@ -635,20 +1073,119 @@ class FundingIntervalRefresher(threading.Thread):
         return True
 
 
-def load_previous_state(path: str) -> Dict[str, Dict[str, Any]]:
-    """The previous file's records (keeping their updatedAt), or {} when there is none or it is unusable."""
+class UniverseRefresher(threading.Thread):
+    """Fetches the contract universe (REST exchangeInfo) at start and then every refresh_seconds (jittered).
+
+    Never in the way of the stream: the supervisor connects at once whatever happens here. A failed or unusable
+    answer keeps the last good universe; the problem is logged once per episode (a warning when it starts, a line
+    when it ends) and retried sooner, with a doubling delay capped at the refresh interval.
+    """
+
+    def __init__(self, rest_url: str, refresh_seconds: float, timeout: float, feed: FeedState,
+                 rng: Optional[random.Random] = None) -> None:
+        super().__init__(name="exchange-info", daemon=True)
+        self.client = funding_rest.JsonHttpClient(rest_url, timeout)
+        self.refresh_seconds = refresh_seconds
+        self.feed = feed
+        self.gate = funding_universe.UniverseGate()
+        self.stop_requested = threading.Event()
+        self.failures = 0
+        self._rng = rng or random.Random()
+
+    def run(self) -> None:
+        while not self.stop_requested.is_set():
+            try:
+                ok = self.refresh_once()
+            except Exception:  # a bug here must never take the stream down with it
+                log.exception("exchangeInfo refresh failed unexpectedly")
+                ok = False
+            if ok:
+                wait = self.refresh_seconds * self._rng.uniform(0.9, 1.1)
+            else:
+                wait = min(self.refresh_seconds, UNIVERSE_RETRY_INITIAL_SECONDS * 2 ** min(self.failures - 1, 10))
+            self.stop_requested.wait(wait)
+        self.client.close()
+
+    def refresh_once(self) -> bool:
+        url = self.client.url_for(EXCHANGE_INFO_PATH)
+        try:
+            response = self.client.get(EXCHANGE_INFO_PATH)
+            universe = funding_universe.parse_exchange_info(response.body)
+        except (funding_rest.RestError, funding_universe.UniverseError) as exc:
+            self._failed("%s" % exc if isinstance(exc, funding_rest.RestError) else "%s: %s" % (url, exc))
+            return False
+        fetched_at = time.time()
+        if universe.bad_entries:
+            log.warning("exchangeInfo: skipped %d malformed entries (first: %s)", universe.bad_entries,
+                        universe.bad_entry_example)
+        decision = self.gate.decide(self.feed.universe_symbols, universe.symbols)
+        if not decision.apply:
+            self.feed.update_status(universe_held_back=True)
+            log.warning("exchangeInfo would remove %d of %d known symbols at once: kept the current universe until "
+                        "the next refresh agrees (first: %s)", len(decision.removed),
+                        len(self.feed.universe_symbols or ()), ", ".join(sorted(decision.removed)[:10]))
+            self._recovered()
+            return True
+        change = self.feed.apply_universe(universe, fetched_at)
+        self._recovered()
+        log.info("universe: %d perpetuals TRADING (%d TradFi), %d other listed symbols excluded; +%d -%d, "
+                 "%d records removed%s", len(universe.contracts), universe.tradifi_count(), len(universe.excluded),
+                 len(change.added), len(change.left), len(change.removed),
+                 "; left: %s" % ", ".join(change.left[:20]) if change.left else "")
+        return True
+
+    def _failed(self, description: str) -> None:
+        self.failures += 1
+        self.feed.update_status(universe_last_error=description)
+        self.feed.increment_status("universe_errors")
+        known = "keeping the last good universe" if self.feed.universe_symbols is not None else (
+            "no universe known yet: serving what the streams bring")
+        if self.failures == 1:
+            log.warning("exchangeInfo failed: %s; %s (retrying; repeats are counted in universe_errors, not "
+                        "logged)", description, known)
+        else:
+            log.debug("exchangeInfo failed again (%d): %s", self.failures, description)
+
+    def _recovered(self) -> None:
+        if self.failures:
+            log.info("exchangeInfo answers again after %d failed attempts", self.failures)
+            self.failures = 0
+            self.feed.update_status(universe_last_error=None)
+
+
+@dataclass
+class PreviousState:
+    records: Dict[str, Dict[str, Any]]
+    universe: Optional[funding_universe.Universe] = None
+    universe_fetched_at: Optional[float] = None
+    delisted: Optional[Dict[str, float]] = None
+
+
+def load_previous_state(path: str) -> PreviousState:
+    """The previous file's records (keeping their updatedAt), universe and delisted map; empty when there is none
+    or it is unusable."""
     if not os.path.exists(path):
         log.info("no previous state file at %s: starting empty", path)
-        return {}
+        return PreviousState({})
     try:
         payload = funding_state.read_state(path)
     except funding_state.StateFileError as exc:
         log.warning("previous state file is unusable (%s): starting empty, it will be replaced", exc)
-        return {}
+        return PreviousState({})
     records, dropped = funding_feed.restore_funding_state(payload["funding_state"])
     log.info("loaded %d symbols from the previous state file %s%s (stale until refreshed)", len(records), path,
              ", dropped %d unusable records" % dropped if dropped else "")
-    return records
+    previous = PreviousState(records, delisted=funding_state.delisted_of(payload))
+    saved = funding_state.universe_of(payload)
+    if saved:
+        try:
+            previous.universe = funding_universe.parse_exchange_info(
+                {"symbols": [dict(contract, symbol=symbol, status=funding_universe.TRADING)
+                             for symbol, contract in saved.items()]})
+            previous.universe_fetched_at = funding_state.universe_fetched_at(payload)
+        except funding_universe.UniverseError as exc:
+            log.warning("the universe in the previous state file is unusable (%s): ignored", exc)
+    return previous
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -668,7 +1205,12 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     started = time.time()
     status = funding_state.new_connection_status(ws_url=url, daemon_started_at=started, disconnected_since=started)
-    feed = FeedState(load_previous_state(path), status)
+    previous = load_previous_state(path)
+    feed = FeedState(previous.records, status, previous.delisted)
+    if previous.universe is not None:
+        change = feed.apply_universe(previous.universe, previous.universe_fetched_at or started, initial=True)
+        log.info("loaded the universe of the previous state file: %d perpetuals; %d loaded records outside it "
+                 "removed", len(previous.universe.contracts), len(change.removed))
     writer = StateWriter(path, feed, config["FUNDING_WRITE_COALESCE_SECONDS"],
                          config["FUNDING_WRITE_HEARTBEAT_SECONDS"])
     supervisor = Supervisor(config, feed, writer)
@@ -676,10 +1218,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     signal.signal(signal.SIGINT, supervisor.request_stop)
     writer.start()
     refresher: Optional[FundingIntervalRefresher] = None
+    universe_refresher: Optional[UniverseRefresher] = None
     if config["FUNDING_REST_URL"]:
         refresher = FundingIntervalRefresher(config["FUNDING_REST_URL"], config["FUNDING_INTERVALS_REFRESH_SECONDS"],
                                              config["FUNDING_CONNECT_TIMEOUT_SECONDS"], feed)
         refresher.start()
+        universe_refresher = UniverseRefresher(config["FUNDING_REST_URL"], config["FUNDING_UNIVERSE_REFRESH_SECONDS"],
+                                               config["FUNDING_CONNECT_TIMEOUT_SECONDS"], feed)
+        universe_refresher.start()
+    else:
+        log.warning("FUNDING_REST_URL is off: no contract universe; serving what the streams bring")
     funding_systemd.ready("%d symbols loaded, connecting" % len(feed.funding))
     exit_code = 0
     try:
@@ -690,6 +1238,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     funding_systemd.stopping()
     if refresher is not None:
         refresher.stop_requested.set()
+    if universe_refresher is not None:
+        universe_refresher.stop_requested.set()
     supervisor.shutdown()
     writer.stop()
     writer.join(1.0)

@@ -4,9 +4,9 @@ Endpoints (JSON unless noted; every live JSON response has Cache-Control: no-sto
   GET /                      service, version, endpoints
   GET /funding/health        200 healthy / 503 unhealthy, with a `reasons` list (and the history's lag)
   GET /funding/batch         ?symbols=A,B,C (at most 1000)
-  GET /funding/{symbol}      200 fresh / 404 unknown / 503 stale (body still carries the data)
-  GET /funding               every symbol; ?quote=USDT&sort=<key>|-<key>&fundingIntervalHours=1,4&limit=N, key one of
-                             symbol, fundingRate, fundingRateAnnualized, capUsage
+  GET /funding/{symbol}      200 fresh / 404 unknown or delisted / 503 stale (body still carries the data)
+  GET /funding               every symbol; ?quote=USDT&contractType=..&underlyingType=..&fundingIntervalHours=1,4
+                             &sort=<key>|-<key>&limit=N, key one of symbol, fundingRate, fundingRateAnnualized, capUsage
   GET /funding/{symbol}/history, GET /funding/history?at=   settled rates (funding_api_history; JSON or CSV)
   GET /metrics               Prometheus text format 0.0.4
 
@@ -21,8 +21,17 @@ current WebSocket connection has been up, 0 while disconnected), plus
 `reasons`, each starting with a stable code: "state_file:" (missing,
 unreadable or corrupt; the last good state is still served and
 `servingLastGoodState` is true), "disconnected:", "no_symbols:", "stale:"
-(newest data older than FUNDING_STALE_SECONDS); plus stateFileError,
-staleThresholdSeconds, stateUpdatedAt, stateLoadedAt, apiUptimeSeconds.
+(newest data older than FUNDING_STALE_SECONDS), "coverage:" (fewer than 99 %
+of the universe's perpetuals with fresh data for longer than
+FUNDING_COVERAGE_GRACE_SECONDS); plus stateFileError, staleThresholdSeconds,
+stateUpdatedAt, stateLoadedAt, apiUptimeSeconds, and the coverage of the
+contract universe: expectedSymbolCount (null while the universe is unknown),
+missingSymbolCount, missingSymbols (at most 20 names), tradifiSymbolCount,
+universeKnown, universeFetchedAt, and `warnings` ("universe_unknown:" while the
+daemon has no universe: it then serves what the streams bring; not a 503).
+
+/funding/{symbol} of a symbol that left the universe (or expired without one)
+in the last 7 days answers 404 {"error": "delisted", "delistedAt": epoch s}.
 
 Stale entries in /funding/batch and /funding: the answer stays 200 (a partial
 answer is still an answer), each entry carries ageSeconds, and their names are
@@ -30,6 +39,8 @@ listed in `staleSymbols`, so a caller can drop them; only /funding/{symbol}
 answers 503 for one stale symbol, as the seed did.
 
 /funding: `quote` keeps symbols whose name ends with it (USDT, USDC, ...);
+`contractType` and `underlyingType` keep the records of that type (an unknown
+value is 400 with the known ones listed);
 sort is by symbol unless asked (symbols without a rate sort last); `limit`
 keeps the first N; `count` is what was returned, `matched` what passed the
 filter, `total` every symbol; `fundingIntervalHours` appears where the state
@@ -37,7 +48,9 @@ has it. Until a first good state file was read, /funding, /funding/batch and
 /funding/{symbol} answer 503 "no_state" (not 404: nothing is known yet).
 
 Limits: a batch takes at most 1000 symbols (400 above), a query longer than
-64 KiB is 414, a request head beyond 128 KiB is 431 from waitress (also JSON).
+48 KiB is 414, a declared body over 16 KiB is 413. A request the HTTP server
+(Granian) cannot parse, or a request line or head beyond its limits, is
+answered by Granian itself (400, 414, 431) with an empty body, not JSON.
 
 Every error, including unknown routes (404), other methods (405 with
 `Allow: GET, HEAD`) and any unexpected exception (500, logged with its
@@ -74,16 +87,21 @@ API_VERSION = VERSION
 JSON_CONTENT_TYPE = "application/json"
 JSON_HEADERS = [("Content-Type", JSON_CONTENT_TYPE), ("Cache-Control", "no-store")]
 ALLOWED_METHODS = "GET, HEAD"
+# Names the service, not the server software (which would otherwise announce itself).
+SERVER_HEADER = ("Server", "binance-funding")
+# Only GET and HEAD are served: a body is never needed.
+MAX_BODY_BYTES = 16 * 1024
 
 # ASCII only, checked before upper-casing: "ß".upper() is "SS".
 SYMBOL_RE = re.compile(r"[A-Za-z0-9_]{1,40}")
 QUOTE_RE = re.compile(r"[A-Za-z0-9]{1,12}")
 LIMIT_RE = re.compile(r"[0-9]{1,7}")
+TYPE_RE = re.compile(r"[A-Za-z_]{1,40}")
 INTERVAL_RE = re.compile(r"[1-9]|1[0-9]|2[0-4]")
 RESERVED_NAMES = frozenset({"HEALTH", "BATCH", "HISTORY"})
 MAX_BATCH_SYMBOLS = 1000
-# 1000 symbols of 40 characters, comma-separated even when percent-encoded, fit comfortably.
-MAX_QUERY_BYTES = 64 * 1024
+# 1000 symbols of 40 characters, comma-separated (41 KB), fit; Granian refuses a request target of 64 KiB itself.
+MAX_QUERY_BYTES = 48 * 1024
 MAX_ECHO_CHARS = 60
 
 ROUTE_LABELS = {
@@ -101,10 +119,11 @@ UNMATCHED_ROUTE = "other"
 ENDPOINTS = {
     "/": "this document",
     "/funding/health": "service health: 200 healthy, 503 unhealthy with reasons",
-    "/funding/{symbol}": "one symbol: 200, 404 unknown, 503 stale",
+    "/funding/{symbol}": "one symbol: 200, 404 unknown or delisted, 503 stale",
     "/funding/batch?symbols=A,B,C": "several symbols (at most %d)" % MAX_BATCH_SYMBOLS,
-    "/funding?quote=USDT&sort=fundingRate|-fundingRate|fundingRateAnnualized|-fundingRateAnnualized|capUsage|"
-    "-capUsage|symbol&fundingIntervalHours=1,4&limit=N": "every symbol, filtered and sorted",
+    "/funding?quote=USDT&contractType=TRADIFI_PERPETUAL&underlyingType=EQUITY&fundingIntervalHours=1,4"
+    "&sort=fundingRate|-fundingRate|fundingRateAnnualized|-fundingRateAnnualized|capUsage|-capUsage|symbol"
+    "&limit=N": "every symbol, filtered and sorted",
     "/funding/{symbol}/history?since=&until=&limit=&format=json|csv": "settled rates, newest first (at most 1000)",
     "/funding/history?at=<ms>&format=json|csv": "every symbol's settlement at one funding time",
     "/metrics": "Prometheus metrics",
@@ -122,6 +141,10 @@ def echo(text: str) -> str:
     return text if len(text) <= MAX_ECHO_CHARS else text[:MAX_ECHO_CHARS] + "..."
 
 
+def utc_text(epoch_seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch_seconds))
+
+
 def normalise_symbol(text: str) -> Optional[str]:
     return text.upper() if SYMBOL_RE.fullmatch(text) else None
 
@@ -130,6 +153,7 @@ def normalise_symbol(text: str) -> Optional[str]:
 class ApiConfig:
     stale_seconds: float = 180.0
     disconnect_grace_seconds: float = 15.0
+    coverage_grace_seconds: float = 120.0
     max_data_age_seconds: float = 60.0
     clock: Callable[[], float] = time.time
     started_at: float = field(default_factory=time.time)
@@ -138,7 +162,8 @@ class ApiConfig:
 
     @property
     def health_rules(self) -> HealthRules:
-        return HealthRules(self.stale_seconds, self.disconnect_grace_seconds, self.max_data_age_seconds)
+        return HealthRules(self.stale_seconds, self.disconnect_grace_seconds, self.max_data_age_seconds,
+                           self.coverage_grace_seconds)
 
 
 @dataclass
@@ -150,6 +175,7 @@ class Health:
 def evaluate_health(view: Optional[SnapshotView], snapshot: StateSnapshot, now: float, config: ApiConfig) -> Health:
     verdict = funding_health.judge(view.feed if view else None, snapshot.error, now, config.health_rules)
     status = view.connection_status if view else {}
+    expected = verdict.expected_count
     last_connected = status.get("last_connected_time")
     connected_for = 0.0
     if view is not None and view.connected and view.status_number("last_connected_time") is not None:
@@ -169,6 +195,12 @@ def evaluate_health(view: Optional[SnapshotView], snapshot: StateSnapshot, now: 
         "newestDataAgeSeconds": None if newest is None else round(newest, 3),
         "reasons": list(verdict.reasons),
         "warnings": list(verdict.warnings),
+        "expectedSymbolCount": expected,
+        "missingSymbolCount": len(verdict.missing) if expected is not None else None,
+        "missingSymbols": list(verdict.missing[:funding_health.MISSING_NAMES_SHOWN]),
+        "tradifiSymbolCount": view.tradifi_count() if view is not None and expected is not None else None,
+        "universeKnown": expected is not None,
+        "universeFetchedAt": status.get("universe_fetched_at"),
         "staleThresholdSeconds": config.stale_seconds,
         "stateFileError": snapshot.error,
         "servingLastGoodState": bool(snapshot.error is not None and view is not None),
@@ -275,7 +307,7 @@ def build_app(views: StateViews, config: ApiConfig, counter: RequestCounter) -> 
             return _reply(404, error_body(404, "reserved", "%s is an endpoint name, not a symbol" % name))
         view, _snapshot = views.current()
         served = view is not None and name in view.records
-        delisted = view is not None and name in getattr(view, "delisted", ())
+        delisted = view is not None and name in view.delisted
         query = bottle.request.query
         return _history_reply(funding_api_history.symbol_history(
             config.history, name, {k: query.get(k) for k in ("since", "until", "limit", "format")},
@@ -344,6 +376,11 @@ def build_app(views: StateViews, config: ApiConfig, counter: RequestCounter) -> 
             return unavailable(snapshot)
         record = view.records.get(name)
         if record is None:
+            delisted_at = view.delisted.get(name)
+            if delisted_at is not None:
+                return _reply(404, error_body(
+                    404, "delisted", "%s was delisted at %s: Binance no longer trades it as a perpetual"
+                    % (name, utc_text(delisted_at)), symbol=name, delistedAt=delisted_at))
             return _reply(404, error_body(404, "not_found", "symbol %s not found" % name, symbol=name))
         now = config.clock()
         age = record.age(now)
@@ -369,6 +406,13 @@ def build_app(views: StateViews, config: ApiConfig, counter: RequestCounter) -> 
         quote_text = query.get("quote") or ""
         if quote_text and not QUOTE_RE.fullmatch(quote_text):
             return _reply(400, error_body(400, "bad_quote", "quote must match [A-Z0-9]{1,12}, e.g. USDT"))
+        type_filters = {}
+        for param, attribute in (("contractType", "contract_type"), ("underlyingType", "underlying_type")):
+            text = query.get(param) or ""
+            if text:
+                if not TYPE_RE.fullmatch(text):
+                    return _reply(400, error_body(400, "bad_%s" % param, "%s must match [A-Z_]{1,40}" % param))
+                type_filters[attribute] = (param, text.upper())
         interval_text = query.get("fundingIntervalHours") or ""
         intervals: Optional[set] = None
         if interval_text:
@@ -386,7 +430,14 @@ def build_app(views: StateViews, config: ApiConfig, counter: RequestCounter) -> 
         view, snapshot = views.current()
         if view is None:
             return unavailable(snapshot)
+        for attribute, (param, value) in type_filters.items():
+            known = view.contract_types if attribute == "contract_type" else view.underlying_types
+            if value not in known:
+                return _reply(400, error_body(400, "bad_%s" % param, "unknown %s %r; known: %s"
+                                              % (param, echo(value), ", ".join(sorted(known)))))
         records = view.sorted_records(sort)
+        for attribute, (_param, value) in type_filters.items():
+            records = [r for r in records if getattr(r, attribute) == value]
         quote = quote_text.upper()
         if quote:
             records = [r for r in records if r.symbol.endswith(quote)]
@@ -421,6 +472,7 @@ def build_app(views: StateViews, config: ApiConfig, counter: RequestCounter) -> 
             counter=counter,
             now=now,
             started_at=config.started_at,
+            stale_seconds=config.stale_seconds,
             history=config.history,
             history_budget=read_budget_file(config.history_budget_file) if config.history_budget_file else None,
         )
@@ -441,7 +493,7 @@ class ApiMiddleware:
         if method not in ("GET", "HEAD"):
             body = error_body(405, "method_not_allowed", "only GET and HEAD are supported")
             self.counter.count(UNMATCHED_ROUTE, "405")
-            headers = JSON_HEADERS + [("Allow", ALLOWED_METHODS), ("Content-Length", str(len(body)))]
+            headers = JSON_HEADERS + [("Allow", ALLOWED_METHODS), ("Content-Length", str(len(body))), SERVER_HEADER]
             start_response("405 Method Not Allowed", headers)
             return [body]
         # Bottle decodes the path with errors="ignore", so /funding/BTC%FFUSDT would read as BTCUSDT: refuse it here.
@@ -450,12 +502,21 @@ class ApiMiddleware:
         except UnicodeError:
             body = error_body(400, "invalid_path", "the path is not valid UTF-8")
             self.counter.count(UNMATCHED_ROUTE, "400")
-            start_response("400 Bad Request", JSON_HEADERS + [("Content-Length", str(len(body)))])
+            start_response("400 Bad Request", JSON_HEADERS + [("Content-Length", str(len(body))), SERVER_HEADER])
+            return [] if method == "HEAD" else [body]
+        declared = environ.get("CONTENT_LENGTH") or "0"
+        if not declared.isdigit() or int(declared) > MAX_BODY_BYTES:
+            detail = "a request body is never needed (at most %d bytes)" % MAX_BODY_BYTES
+            body = error_body(413, "body_too_large", detail)
+            self.counter.count(UNMATCHED_ROUTE, "413")
+            headers = JSON_HEADERS + [("Content-Length", str(len(body))), ("Connection", "close")]
+            start_response("413 Content Too Large", headers + [SERVER_HEADER])
             return [] if method == "HEAD" else [body]
         statuses: List[str] = []
 
         def recording_start_response(status: str, headers: List[Tuple[str, str]], exc_info: Any = None) -> Any:
             statuses.append(status)
+            headers.append(SERVER_HEADER)
             return start_response(status, headers, exc_info)
 
         try:
@@ -464,7 +525,7 @@ class ApiMiddleware:
             log.exception("unexpected error answering %s %s", method, echo(environ.get("PATH_INFO", "")))
             body = error_body(500, "internal_error", "internal server error (logged)")
             statuses.append("500")
-            headers = JSON_HEADERS + [("Content-Length", str(len(body)))]
+            headers = JSON_HEADERS + [("Content-Length", str(len(body))), SERVER_HEADER]
             start_response("500 Internal Server Error", headers, sys.exc_info())
             result = [] if method == "HEAD" else [body]
         route = environ.get("bottle.route")

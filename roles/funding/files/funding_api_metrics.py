@@ -1,38 +1,126 @@
 """GET /metrics: Prometheus text exposition format 0.0.4, written by hand.
 
 Every value here is already at hand (the current SnapshotView, the request
-counter), so a dozen lines of formatting are simpler than a prometheus_client
+counters), so a dozen lines of formatting are simpler than a prometheus_client
 registry with custom collectors; the tests parse the output with
 prometheus_client's own parser to prove the format.
+
+The API runs several worker processes and a scrape reaches one of them, so the
+counters live in one shared file (`SharedCounters`): each worker owns a region
+of it and only ever writes there, and a scrape sums every region. A respawned
+worker takes its predecessor's region and continues its counts.
 """
 
 from __future__ import annotations
 
+import mmap
 import threading
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Iterable, List, Mapping, Optional, Tuple
 
-import funding_health
-from funding_api_view import SnapshotView, StateViews
-from funding_history import HistoryError, HistoryReader
+if TYPE_CHECKING:  # the API's supervisor imports this module for the counters alone
+    from funding_api_view import SnapshotView, StateViews
+    from funding_history import HistoryReader
+from funding_state import IGNORED_STATUS_PREFIX
+from funding_universe import IGNORE_REASONS
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-class RequestCounter:
-    """API requests by route template and status code; the label sets are bounded (fixed routes, HTTP codes)."""
+# Route labels (funding_api_app.ROUTE_LABELS plus "other") and HTTP status codes 100-599 (anything else is "000").
+ROUTES = ("/", "/funding", "/funding/health", "/funding/batch", "/funding/{symbol}", "/metrics",
+          "/funding/history", "/funding/{symbol}/history", "other")
+_ROUTE_INDEX = {route: index for index, route in enumerate(ROUTES)}
+_STATUS_SLOTS = 501  # slot 0: "000"; slot n: status 99 + n
+LOADS_SLOT = len(ROUTES) * _STATUS_SLOTS
+LOAD_ERRORS_SLOT = LOADS_SLOT + 1
+STARTS_SLOT = LOAD_ERRORS_SLOT + 1  # times a worker process took this region (it is serving once it is non-zero)
+REGION_SLOTS = STARTS_SLOT + 1
+REGION_BYTES = REGION_SLOTS * 8
 
-    def __init__(self) -> None:
+
+def counters_file_size(regions: int) -> int:
+    return regions * REGION_BYTES
+
+
+def _status_slot(status: str) -> int:
+    code = int(status) if status.isdigit() else 0
+    return code - 99 if 100 <= code <= 599 else 0
+
+
+class SharedCounters:
+    """Request counts by route and status, and state-file loads, summed over every process sharing `path`.
+
+    Without a path the counters are private to this process (one region, anonymous memory): the tests of the
+    application and a single-process run. Increments hold a per-process lock (a worker runs requests in threads);
+    other processes only read, and an aligned 8-byte read never sees a torn value.
+    """
+
+    def __init__(self, path: Optional[str] = None, region: int = 0) -> None:
+        if path is None:
+            self._map = mmap.mmap(-1, REGION_BYTES)
+            region = 0
+        else:
+            with open(path, "r+b") as handle:
+                self._map = mmap.mmap(handle.fileno(), 0)
+            if (region + 1) * REGION_BYTES > len(self._map):
+                raise ValueError("counter region %d is beyond the file %s" % (region, path))
+        self._all = memoryview(self._map).cast("Q")
+        self.regions = len(self._map) // REGION_BYTES
+        self._own = self._all[region * REGION_SLOTS : (region + 1) * REGION_SLOTS]
         self._lock = threading.Lock()
-        self._counts: Dict[Tuple[str, str], int] = {}
+
+    def _add(self, slot: int) -> None:
+        with self._lock:
+            self._own[slot] += 1
 
     def count(self, route: str, status: str) -> None:
-        key = (route, status)
-        with self._lock:
-            self._counts[key] = self._counts.get(key, 0) + 1
+        index = _ROUTE_INDEX.get(route, _ROUTE_INDEX["other"])
+        self._add(index * _STATUS_SLOTS + _status_slot(status))
+
+    def count_load(self) -> None:
+        self._add(LOADS_SLOT)
+
+    def count_load_error(self) -> None:
+        self._add(LOAD_ERRORS_SLOT)
+
+    def count_start(self) -> None:
+        self._add(STARTS_SLOT)
+
+    def started_regions(self) -> int:
+        """How many regions a worker process has taken (each worker takes one once its application is built)."""
+        values = self._all
+        return sum(1 for region in range(self.regions) if values[region * REGION_SLOTS + STARTS_SLOT])
+
+    def _total(self, slot: int) -> int:
+        values = self._all
+        return sum(values[region * REGION_SLOTS + slot] for region in range(self.regions))
+
+    def loads(self) -> int:
+        return self._total(LOADS_SLOT)
+
+    def load_errors(self) -> int:
+        return self._total(LOAD_ERRORS_SLOT)
 
     def items(self) -> List[Tuple[Tuple[str, str], int]]:
-        with self._lock:
-            return sorted(self._counts.items())
+        """((route, status), count) for every non-zero pair, summed over all regions."""
+        totals = [0] * LOADS_SLOT
+        values = self._all
+        for region in range(self.regions):
+            base = region * REGION_SLOTS
+            for slot, value in enumerate(values[base : base + LOADS_SLOT]):
+                if value:
+                    totals[slot] += value
+        result = []
+        for slot, total in enumerate(totals):
+            if total:
+                route, status_slot = divmod(slot, _STATUS_SLOTS)
+                status = "%03d" % (status_slot + 99) if status_slot else "000"
+                result.append(((ROUTES[route], status), total))
+        return result
+
+
+# The name the application uses for its request counter.
+RequestCounter = SharedCounters
 
 
 def _number(value: float) -> str:
@@ -65,19 +153,23 @@ class _Exposition:
 
 
 def history_lines(
-    history: Optional[HistoryReader], budget: Optional[Mapping[str, Any]], view: Optional[SnapshotView], now: float
+    history: Optional["HistoryReader"], budget: Optional[Mapping[str, Any]], view: Optional["SnapshotView"],
+    now: float,
 ) -> List[str]:
-    """The settlement history and the recorder's REST use. These come from files every API process reads alike
-    (the database, the budget file): they are the same in every worker and must not be summed across workers."""
+    """The settlement history and the recorder's REST use. They come from files every API worker reads alike (the
+    database, the budget file), so each worker answers the same values: nothing here is summed across workers."""
     out = _Exposition()
     if history is None:
         return out.lines
+    import funding_health  # noqa: PLC0415  (workers only: the supervisor imports this module for its counters)
+    from funding_history import HistoryError  # noqa: PLC0415
+
     try:
         facts = history.facts()
-        ok = True
     except HistoryError:
-        facts, ok = None, False
-    out.single("funding_history_ok", "gauge", "1 when the settlement history database can be read.", 1 if ok else 0)
+        facts = None
+    out.single("funding_history_ok", "gauge", "1 when the settlement history database can be read.",
+               0 if facts is None else 1)
     if facts is not None:
         lag = funding_health.judge_history_lag(view.expected_settlement(now) if view else None,
                                                facts.last_settlement_ms)
@@ -114,7 +206,8 @@ def render_metrics(
     counter: RequestCounter,
     now: float,
     started_at: float,
-    history: Optional[HistoryReader] = None,
+    stale_seconds: float = 180.0,
+    history: Optional["HistoryReader"] = None,
     history_budget: Optional[Mapping[str, Any]] = None,
 ) -> bytes:
     out = _Exposition()
@@ -124,6 +217,15 @@ def render_metrics(
     out.single("funding_api_healthy", "gauge", "1 when /funding/health answers 200, else 0.", 1 if healthy else 0)
     out.single("funding_api_uptime_seconds", "gauge", "Seconds since this API process started.", now - started_at)
     out.single("funding_symbols", "gauge", "Symbols in the state being served.", view.count if view else 0)
+    expected = view.expected_count if view else None
+    missing = len(view.missing_symbols(now, stale_seconds)) if view is not None and expected is not None else None
+    out.single("funding_symbols_expected", "gauge",
+               "Perpetuals Binance trades (the daemon's contract universe); absent while it is unknown.", expected)
+    out.single("funding_symbols_served", "gauge", "Perpetuals of the universe served with fresh data.",
+               expected - missing if expected is not None and missing is not None else None)
+    out.single("funding_symbols_missing", "gauge", "Perpetuals of the universe without fresh data.", missing)
+    out.single("funding_universe_known", "gauge", "1 when the daemon knows the contract universe.",
+               (1 if expected is not None else 0) if view else None)
     out.single("funding_oldest_data_age_seconds", "gauge", "Age of the least recently updated symbol.", oldest)
     out.single("funding_newest_data_age_seconds", "gauge", "Age of the most recently updated symbol.", newest)
     out.single("funding_state_age_seconds", "gauge", "Seconds since the daemon wrote the served state.", state_age)
@@ -133,12 +235,17 @@ def render_metrics(
         "1 when the state file on disk is the one being served, 0 when it is missing, unreadable or corrupt.",
         0 if state_error else 1,
     )
-    out.single("funding_state_loads_total", "counter", "State files parsed successfully.", view.loads if view else 0)
+    out.single(
+        "funding_state_loads_total",
+        "counter",
+        "State files parsed successfully, summed over the API's worker processes (each parses every file).",
+        counter.loads(),
+    )
     out.single(
         "funding_state_load_errors_total",
         "counter",
-        "Times the state file was found missing, unreadable or corrupt (each distinct failure once).",
-        views.load_errors,
+        "Times the state file was found missing, unreadable or corrupt (each distinct failure once per worker).",
+        counter.load_errors(),
     )
     status = view.status_number if view else (lambda key: None)
     out.single(
@@ -164,6 +271,36 @@ def render_metrics(
         "counter",
         "Symbol items the daemon rejected as invalid.",
         status("items_rejected"),
+    )
+    out.family(
+        "funding_daemon_items_ignored_total",
+        "counter",
+        "Stream rows the daemon ignored because their symbol is not a TRADING perpetual of the universe, by reason.",
+        [('reason="%s"' % reason, status(IGNORED_STATUS_PREFIX + reason)) for reason in IGNORE_REASONS],
+    )
+    out.single(
+        "funding_daemon_symbol_streams",
+        "gauge",
+        "Per-symbol streams subscribed (and acknowledged) to fill the all-market array's gaps.",
+        status("symbol_streams"),
+    )
+    out.single(
+        "funding_daemon_stream_connections",
+        "gauge",
+        "Open serving WebSocket connections (the all-market one plus one per 1024 overflow streams).",
+        status("stream_connections"),
+    )
+    out.single(
+        "funding_daemon_subscribe_errors_total",
+        "counter",
+        "SUBSCRIBE/UNSUBSCRIBE requests refused or unanswered.",
+        status("subscribe_errors"),
+    )
+    out.single(
+        "funding_daemon_universe_errors_total",
+        "counter",
+        "exchangeInfo requests that failed or answered garbage.",
+        status("universe_errors"),
     )
     out.single(
         "funding_daemon_connections_opened_total",

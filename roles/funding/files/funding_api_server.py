@@ -1,39 +1,48 @@
 #!/usr/bin/env python3
 """binance-funding HTTP API: the shared state file served as JSON on 127.0.0.1:8888.
 
-The Bottle application (funding_api_app) runs under waitress: an asyncore
-loop accepts connections and buffers each request until it is complete, and
-only a complete request takes one of FUNDING_API_THREADS worker threads, so a
-client that sends half a request and waits holds a socket, never a thread.
-Every request stats the state file and parses it only when it changed, so
-what is served is at most one daemon write old (the seed cached for 1 s).
+The Bottle application (funding_api_app) runs under Granian's WSGI interface
+(HTTP parsed in Rust) in FUNDING_API_WORKERS worker processes (by default one
+per core, at most 4), which share one listening socket. This process is their
+supervisor: it holds the socket, starts each worker as `--worker N` (a fresh
+interpreter, so the supervisor itself stays small), replaces a worker that
+dies, and stops them all on SIGTERM, exiting 0 within a few seconds.
 
-systemd: Type=notify (READY=1 once the socket listens); with WatchdogSec set,
-a thread sends WATCHDOG=1 only after a real HTTP request to this server
-answered; SIGTERM stops cleanly with exit status 0.
+A client that sends half a request and waits holds a socket in a worker's Rust
+event loop, never a Python thread; FUNDING_API_HEADER_TIMEOUT closes it. Each
+worker keeps the current view of the state file and a thread refreshes it every
+FUNDING_API_STATE_POLL_MS when the file changed, so no request stats, parses or
+waits. Request counters live in a file shared by the workers, so one scrape
+of /metrics shows the totals of all of them.
+
+The listening socket comes from systemd when the unit is socket-activated
+(binance-funding-api.socket: LISTEN_FDS), so it outlives restarts and no
+connection is refused meanwhile; otherwise this process binds it.
+
+systemd: Type=notify; READY=1 once every worker has built its view and a real
+request over the socket was answered; with WatchdogSec set, the supervisor
+sends WATCHDOG=1 only after such a self-check succeeded, so hung workers are
+noticed.
 """
 
 from __future__ import annotations
 
-import http.client
+import argparse
+import gc
 import logging
+import os
 import signal
+import socket
+import subprocess
 import sys
 import threading
 import time
-from typing import Any, Dict, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import funding_settings
 import funding_systemd
-from funding_api_app import JSON_HEADERS, ApiConfig, build_app, error_body
-from funding_api_metrics import RequestCounter
-from funding_api_view import StateViews
-from funding_history import HistoryReader
-from funding_rest_budget import default_budget_path
-from funding_state import StateReader
-from waitress.channel import HTTPChannel
-from waitress.server import TcpWSGIServer
-from waitress.task import ErrorTask
+from funding_api_metrics import SharedCounters, counters_file_size
 
 PROG = "funding_api_server"
 log = logging.getLogger("funding_api")
@@ -42,78 +51,169 @@ log = logging.getLogger("funding_api")
 S = funding_settings
 HOST = S.API_HOST
 PORT = S.API_PORT
-STALE_SECONDS = S.STALE_SECONDS
-THREADS = S.API_THREADS
-CONNECTION_LIMIT = S.API_CONNECTION_LIMIT
-CHANNEL_TIMEOUT = S.API_CHANNEL_TIMEOUT
 SETTINGS = (
-    HOST, PORT, S.STATE_FILE, STALE_SECONDS, S.DISCONNECT_GRACE, S.MAX_MESSAGE_AGE, THREADS, CONNECTION_LIMIT,
-    CHANNEL_TIMEOUT, S.HISTORY_DB, S.LOG_LEVEL,
+    HOST, PORT, S.STATE_FILE, S.STALE_SECONDS, S.DISCONNECT_GRACE, S.MAX_MESSAGE_AGE, S.COVERAGE_GRACE_SECONDS,
+    S.API_WORKERS, S.API_STATE_POLL, S.API_HEADER_TIMEOUT, S.HISTORY_DB, S.LOG_LEVEL,
 )
 
-# A 1000-symbol batch URL is about 41 KB; the application answers 414 above 64 KiB of query,
-# waitress answers 431 (as JSON, below) above this.
-MAX_REQUEST_HEADER_BYTES = 128 * 1024
-MAX_REQUEST_BODY_BYTES = 16 * 1024  # only GET and HEAD are served; a body is never needed
+BACKLOG = 1024
+# A 1000-symbol batch URL is about 41 KB; the application answers 414 above 48 KiB of query. Granian answers a
+# request target of 64 KiB or more itself (414), and a request head beyond its buffer (about 256 KiB) with 431.
+MAX_BUFFER_BYTES = 128 * 1024
+# Python threads per worker that run the application. The application is CPU-bound under the GIL, so one thread
+# per process is fastest; the Rust side queues complete requests meanwhile (a half-sent one never reaches Python).
+BLOCKING_THREADS = 1
+WORKER_STOP_SECONDS = 3.0
+# A worker that dies within this many seconds of its start, this many times in a row, is a crash loop: the
+# supervisor exits 1 and leaves the restart to systemd (Restart=always, with its start limit).
+QUICK_DEATH_SECONDS = 5.0
+CRASH_LOOP_DEATHS = 5
+SD_LISTEN_FDS_START = 3
 
 
-class JsonErrorTask(ErrorTask):
-    """waitress's answer to a request it could not parse, as JSON like every other error.
+@dataclass(frozen=True)
+class WorkerSettings:
+    """What a worker process needs to build its application."""
 
-    waitress answers 501 for a Transfer-Encoding it does not implement; that is
-    the client's request, so it is a 400 here (no client input yields a 5xx).
-    """
-
-    def execute(self) -> None:
-        error = self.request.error
-        code = error.code if 400 <= error.code < 500 else 400
-        kind = {413: "body_too_large", 431: "headers_too_large"}.get(code, "bad_request")
-        body = error_body(code, kind, "%s: %s" % (error.reason, error.body))
-        counter = getattr(self.channel.server, "request_counter", None)
-        if counter is not None:
-            counter.count("other", str(code))
-        self.status = "%d %s" % (code, error.reason if code == error.code else "Bad Request")
-        self.response_headers.extend(JSON_HEADERS)
-        self.set_close_on_finish()
-        self.content_length = len(body)
-        self.write(body)
+    state_file: str
+    stale_seconds: float
+    disconnect_grace_seconds: float
+    coverage_grace_seconds: float
+    max_data_age_seconds: float
+    poll_seconds: float
+    log_level: str
+    header_timeout: int
+    counters_path: str
+    started_at: float
+    history_db: str = ""
 
 
-class JsonErrorChannel(HTTPChannel):
-    error_task_class = JsonErrorTask
+# --- a worker process ---------------------------------------------------------------------------------------------
 
 
-class FundingWSGIServer(TcpWSGIServer):
-    channel_class = JsonErrorChannel
+def build_worker_app(settings: WorkerSettings, worker_id: int) -> Callable[..., Any]:
+    """The WSGI application of worker `worker_id` (from 1), with its state refresher running."""
+    from funding_api_app import ApiConfig, build_app  # noqa: PLC0415  (workers only: keeps the supervisor small)
+    from funding_api_view import StateViews, ViewRefresher  # noqa: PLC0415
+    from funding_history import HistoryReader  # noqa: PLC0415
+    from funding_rest_budget import default_budget_path  # noqa: PLC0415
+    from funding_state import StateReader  # noqa: PLC0415
 
-    def __init__(self, application: Any, request_counter: Optional[RequestCounter] = None, **adjustments: Any):
-        self.request_counter = request_counter
-        super().__init__(application, map={}, **adjustments)
+    counter = SharedCounters(settings.counters_path, region=worker_id - 1)
+    views = StateViews(StateReader(settings.state_file), on_load=counter.count_load, on_error=counter.count_load_error)
+    config = ApiConfig(
+        stale_seconds=settings.stale_seconds,
+        disconnect_grace_seconds=settings.disconnect_grace_seconds,
+        coverage_grace_seconds=settings.coverage_grace_seconds,
+        max_data_age_seconds=settings.max_data_age_seconds,
+        started_at=settings.started_at,
+        history=HistoryReader(settings.history_db) if settings.history_db else None,
+        history_budget_file=default_budget_path(settings.history_db) if settings.history_db else None,
+    )
+    app = build_app(views, config, counter)
+    ViewRefresher(views, settings.poll_seconds).start()
+    # Everything loaded so far lives as long as the process: keep the collector from scanning it on every reload.
+    gc.freeze()
+    counter.count_start()
+    return app
 
 
-def waitress_adjustments(host: str, port: int, threads: int, connection_limit: int, channel_timeout: int) -> Dict:
+def leave_with_parent(parent: int) -> None:
+    """A worker whose supervisor vanished (SIGKILL) stops too instead of serving on alone."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def granian_worker_arguments(header_timeout: int, workers: int) -> Dict[str, Any]:
+    """Granian's WSGI worker configuration (HTTP/1.1 only, bounded buffers, no access log)."""
+    from granian.constants import HTTPModes, RuntimeModes, TaskImpl  # noqa: PLC0415
+    from granian.http import HTTP1Settings  # noqa: PLC0415
+
     return {
-        "host": host,
-        "port": port,
-        "threads": threads,
-        "connection_limit": connection_limit,
-        "channel_timeout": channel_timeout,
-        # How often idle channels are looked for; by default 30 s, which would double channel_timeout.
-        "cleanup_interval": max(1, min(10, channel_timeout // 3)),
-        "max_request_header_size": MAX_REQUEST_HEADER_BYTES,
-        "max_request_body_size": MAX_REQUEST_BODY_BYTES,
-        "ident": "",  # no Server header, no product name in error bodies
-        "expose_tracebacks": False,
-        "asyncore_use_poll": True,  # select() cannot watch descriptors above 1023
+        "runtime_mode": RuntimeModes.st,
+        "runtime_threads": 1,
+        "runtime_blocking_threads": 512,  # Granian's default (spawned only when needed)
+        "blocking_threads": BLOCKING_THREADS,
+        "blocking_threads_idle_timeout": 30,
+        "backpressure": max(1, BACKLOG // workers),
+        "task_impl": TaskImpl.asyncio,
+        "http_mode": HTTPModes.http1,
+        "http1_settings": HTTP1Settings(
+            header_read_timeout=header_timeout * 1000, keep_alive=True, max_buffer_size=MAX_BUFFER_BYTES
+        ),
+        "http2_settings": None,
+        "websockets": False,
+        "static_path": None,
+        "log_access_fmt": None,
+        "ssl_ctx": (False, None, None, None, None, [], False),
+        "scope_opts": {"url_path_prefix": None},
     }
 
 
-def create_server(app: Any, counter: RequestCounter, **adjustments: Any) -> FundingWSGIServer:
-    """Bind and listen (raises OSError when it cannot); serve with .run()."""
-    return FundingWSGIServer(app, request_counter=counter, **adjustments)
+def run_worker(settings: WorkerSettings, worker_id: int, workers: int, listen_fd: int) -> int:
+    """Serve on the inherited socket until SIGTERM (Granian's WSGI worker, as its own server runs it)."""
+    from granian._granian import SocketHolder  # noqa: PLC0415
+    from granian._loops import loops  # noqa: PLC0415
+    from granian.server.mp import MPServer  # noqa: PLC0415
+
+    leave_with_parent(os.getppid())
+    app = build_worker_app(settings, worker_id)
+    serve = MPServer._spawn_wsgi_worker.__wrapped__  # the worker body, without Granian's multiprocessing wrapper
+    arguments = granian_worker_arguments(settings.header_timeout, workers)
+    serve(worker_id, app, SocketHolder(listen_fd, False, BACKLOG), loops.get("auto"), *arguments.values())
+    # Leave without interpreter finalization, as Granian's own workers do (multiprocessing ends them with
+    # os._exit): its Rust threads may still reach for the GIL, and would panic on a finalizing interpreter.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
-def self_check_address(host: str, port: int) -> "tuple[str, int]":
+# --- the supervisor -------------------------------------------------------------------------------------------------
+
+
+def inherited_socket() -> Optional[socket.socket]:
+    """The listening socket systemd passed (socket activation), or None when there is none for this process."""
+    fds = os.environ.get("LISTEN_FDS", "")
+    pid = os.environ.get("LISTEN_PID", "")
+    if not fds.isdigit() or int(fds) < 1 or (pid and pid != str(os.getpid())):
+        return None
+    for name in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)  # the workers must not take it for their own
+    sock = socket.socket(fileno=SD_LISTEN_FDS_START)
+    if sock.type != socket.SOCK_STREAM or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        sock.detach()
+        raise OSError("file descriptor %d from systemd is not a listening stream socket" % SD_LISTEN_FDS_START)
+    return sock
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind and listen on host:port (raises OSError when it cannot)."""
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host.strip("[]"), port))
+        sock.listen(BACKLOG)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def listening_socket(host: str, port: int) -> Tuple[socket.socket, str]:
+    sock = inherited_socket()
+    if sock is not None:
+        return sock, "socket from systemd"
+    return bind_socket(host, port), "bound"
+
+
+def self_check_address(host: str, port: int) -> Tuple[str, int]:
     if host in ("0.0.0.0", ""):
         return "127.0.0.1", port
     if host in ("::", "[::]"):
@@ -121,116 +221,269 @@ def self_check_address(host: str, port: int) -> "tuple[str, int]":
     return host.strip("[]"), port
 
 
+SELF_CHECK_REQUEST = (
+    b"GET /funding/health HTTP/1.1\r\nHost: localhost\r\nUser-Agent: funding-api-watchdog\r\n"
+    b"Connection: close\r\n\r\n"
+)
+
+
 def self_check(host: str, port: int, timeout: float) -> Optional[str]:
-    """GET /funding/health from this very server; None when it answered (200 or 503), else why not."""
-    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    """GET /funding/health from this very server; None when it answered (200 or 503) in full, else why not.
+
+    Plain sockets rather than http.client: the supervisor stays free of http.client, email and ssl (memory).
+    """
     try:
-        connection.request("GET", "/funding/health", headers={"User-Agent": "funding-api-watchdog"})
-        response = connection.getresponse()
-        response.read()
-    except (OSError, http.client.HTTPException) as exc:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(SELF_CHECK_REQUEST)
+            chunks = []
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+    except OSError as exc:
         return "%s: %s" % (type(exc).__name__, exc)
-    finally:
-        connection.close()
-    if response.status not in (200, 503):
-        return "answered HTTP %d" % response.status
+    answer = b"".join(chunks)
+    head, separator, body = answer.partition(b"\r\n\r\n")
+    status_line = head.split(b"\r\n", 1)[0].split(b" ")
+    if not separator or len(status_line) < 2 or not status_line[1].isdigit():
+        return "no complete HTTP answer (%d bytes)" % len(answer)
+    status = int(status_line[1])
+    if status not in (200, 503):
+        return "answered HTTP %d" % status
     return None
 
 
-class WatchdogFeeder(threading.Thread):
-    """WATCHDOG=1 only after the server answered a real request over its socket.
+def self_check_round(host: str, port: int, timeout: float, parallel: int) -> Optional[str]:
+    """`parallel` self-checks at once, each on its own connection; None when every one was answered.
 
-    That proves the whole path a client uses (accept loop, request parser,
-    worker threads, application, state file) rather than merely that a thread
-    of this process is alive; a server that cannot answer is restarted.
+    The kernel hands each connection to one worker; a worker whose Python thread hangs still accepts in its Rust
+    event loop, so with twice as many checks as workers some reach it and time out.
+    """
+    problems: List[Optional[str]] = [None] * parallel
+
+    def check(index: int) -> None:
+        problems[index] = self_check(host, port, timeout)
+
+    threads = [threading.Thread(target=check, args=(i,), name="self-check-%d" % i) for i in range(1, parallel)]
+    for thread in threads:
+        thread.start()
+    check(0)
+    for thread in threads:
+        thread.join()
+    failed = [p for p in problems if p is not None]
+    return None if not failed else "%d of %d self-checks failed: %s" % (len(failed), parallel, failed[0])
+
+
+class Supervision(threading.Thread):
+    """READY=1 after the first answered self-check, then WATCHDOG=1 only after each fully answered round.
+
+    A self-check is a real request over the listening socket: it proves the whole path a client uses (the socket,
+    a worker's event loop, its Python thread, the application, the state view) rather than merely that a thread of
+    this process is alive; a server that cannot answer is restarted by systemd's watchdog.
     """
 
-    def __init__(self, host: str, port: int, interval: float) -> None:
-        super().__init__(name="watchdog", daemon=True)
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        watchdog_interval: Optional[float],
+        workers_started: Callable[[], bool],
+        parallel: int = 1,
+    ) -> None:
+        super().__init__(name="supervision", daemon=True)
+        self.parallel = parallel
+        self.workers_started = workers_started
         self.address = self_check_address(host, port)
-        self.interval = interval
-        self.timeout = max(0.5, min(10.0, interval / 2))
+        self.host, self.port = host, port
+        self.interval = watchdog_interval
+        self.timeout = max(0.5, min(10.0, watchdog_interval / 2)) if watchdog_interval else 2.0
         self.stop_event = threading.Event()
 
     def run(self) -> None:
-        delay = 0.0
+        # READY once every worker has built its view (a request may reach any of them) and one answered.
+        while not self.stop_event.is_set():
+            started = self.workers_started()
+            problem = self_check(self.address[0], self.address[1], self.timeout) if started else "starting"
+            if problem is None:
+                break
+            log.debug("not answering yet (%s)", problem)
+            self.stop_event.wait(0.05)
+        else:
+            return
+        funding_systemd.ready("listening on http://%s:%d" % (self.host, self.port))
+        if not self.interval:
+            return
+        funding_systemd.watchdog()
+        delay = self.interval
         while not self.stop_event.wait(delay):
-            started = time.monotonic()
-            problem = self_check(self.address[0], self.address[1], self.timeout)
+            began = time.monotonic()
+            problem = self_check_round(self.address[0], self.address[1], self.timeout, self.parallel)
             if problem is None:
                 funding_systemd.watchdog()
             else:
                 log.warning("self-check failed (%s); not feeding the systemd watchdog", problem)
-            delay = max(0.0, self.interval - (time.monotonic() - started))
+            delay = max(0.0, self.interval - (time.monotonic() - began))
 
 
-def quiet_waitress(level: str) -> None:
-    # "Task queue depth is N" is logged per request while all threads are busy: a journald flood under load.
-    if level != "DEBUG":
-        logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+def create_counters_file(workers: int) -> str:
+    """The shared request counters: one region per worker, in a file only this service's processes see.
+
+    In RUNTIME_DIRECTORY when systemd gives one, else TMPDIR or /tmp (private to the unit with PrivateTmp=).
+    """
+    # Created with O_EXCL and mode 0600, so nothing another user placed there is ever opened.
+    directory = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0] or os.environ.get("TMPDIR") or "/tmp"  # noqa: S108
+    path = os.path.join(directory, "api-counters-%d-%d" % (os.getpid(), time.monotonic_ns()))
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        os.ftruncate(fd, counters_file_size(workers))
+    finally:
+        os.close(fd)
+    return path
 
 
-def stop_on_sigterm() -> None:
-    def handler(signum: int, frame: Any) -> None:
-        # Leaves waitress's loop through its own SystemExit path, which shuts the worker threads down.
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise SystemExit(0)
+class Workers:
+    """The worker processes: started, replaced when one dies, stopped together."""
 
-    signal.signal(signal.SIGTERM, handler)
+    def __init__(self, count: int, listen_fd: int, settings: WorkerSettings) -> None:
+        self.count = count
+        self.listen_fd = listen_fd
+        self.settings = settings
+        self.processes: Dict[int, subprocess.Popen] = {}
+        self.started_at: Dict[int, float] = {}
+        self.quick_deaths = 0
+
+    def command(self, worker_id: int) -> List[str]:
+        s = self.settings
+        return [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--worker=%d" % worker_id,
+            "--workers=%d" % self.count,
+            "--listen-fd=%d" % self.listen_fd,
+            "--counters=%s" % s.counters_path,
+            "--started-at=%r" % s.started_at,
+        ]
+
+    def start(self, worker_id: int) -> None:
+        process = subprocess.Popen(self.command(worker_id), pass_fds=(self.listen_fd,), stdin=subprocess.DEVNULL)
+        self.processes[worker_id] = process
+        self.started_at[worker_id] = time.monotonic()
+        log.info("worker %d started (pid %d)", worker_id, process.pid)
+
+    def start_all(self) -> None:
+        for worker_id in range(1, self.count + 1):
+            self.start(worker_id)
+
+    def replace_the_dead(self) -> bool:
+        """Start a new worker for each that exited; False once the deaths look like a crash loop."""
+        for worker_id, process in list(self.processes.items()):
+            status = process.poll()
+            if status is None:
+                continue
+            lived = time.monotonic() - self.started_at[worker_id]
+            self.quick_deaths = self.quick_deaths + 1 if lived < QUICK_DEATH_SECONDS else 0
+            log.error("worker %d (pid %d) exited with status %s after %.1f s", worker_id, process.pid, status, lived)
+            if self.quick_deaths >= CRASH_LOOP_DEATHS:
+                log.error("workers keep dying within %.0f s of their start: giving up", QUICK_DEATH_SECONDS)
+                return False
+            self.start(worker_id)
+        return True
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + WORKER_STOP_SECONDS
+        for worker_id, process in self.processes.items():
+            try:
+                process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("worker %d (pid %d) did not stop within %.0f s: killed", worker_id, process.pid,
+                            WORKER_STOP_SECONDS)
+                process.kill()
+                process.wait()
+
+
+def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
+    # Internal: how the supervisor starts a worker process.
+    for name in ("--worker", "--workers", "--listen-fd"):
+        parser.add_argument(name, type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--counters", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--started-at", type=float, default=0.0, help=argparse.SUPPRESS)
+
+
+def worker_settings(values: Dict[str, Any], counters_path: str, started_at: float) -> WorkerSettings:
+    return WorkerSettings(
+        state_file=values[funding_settings.STATE_FILE.env],
+        stale_seconds=values[funding_settings.STALE_SECONDS.env],
+        disconnect_grace_seconds=values[funding_settings.DISCONNECT_GRACE.env],
+        coverage_grace_seconds=values[funding_settings.COVERAGE_GRACE_SECONDS.env],
+        max_data_age_seconds=values[funding_settings.MAX_MESSAGE_AGE.env],
+        poll_seconds=values[funding_settings.API_STATE_POLL.env],
+        log_level=values[funding_settings.LOG_LEVEL.env],
+        header_timeout=values[funding_settings.API_HEADER_TIMEOUT.env],
+        counters_path=counters_path,
+        started_at=started_at,
+        history_db=values[funding_settings.HISTORY_DB.env],
+    )
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    _, values = funding_settings.load(PROG, __doc__.splitlines()[0], SETTINGS, argv)
+    args, values = funding_settings.load(PROG, __doc__.splitlines()[0], SETTINGS, argv, add_worker_arguments)
     level = values[funding_settings.LOG_LEVEL.env]
     funding_settings.setup_logging(level, "funding_api")
-    quiet_waitress(level)
-    state_file = values[funding_settings.STATE_FILE.env]
-    views = StateViews(StateReader(state_file))
-    history_db = values[funding_settings.HISTORY_DB.env]
-    config = ApiConfig(
-        stale_seconds=values[STALE_SECONDS.env], disconnect_grace_seconds=values[funding_settings.DISCONNECT_GRACE.env],
-        history=HistoryReader(history_db), history_budget_file=default_budget_path(history_db),
-    )
-    counter = RequestCounter()
-    app = build_app(views, config, counter)
-    adjustments = waitress_adjustments(
-        values[HOST.env],
-        values[PORT.env],
-        values[THREADS.env],
-        values[CONNECTION_LIMIT.env],
-        values[CHANNEL_TIMEOUT.env],
-    )
-    stop_on_sigterm()
+    if args.worker:
+        settings = worker_settings(values, args.counters, args.started_at)
+        return run_worker(settings, args.worker, args.workers, args.listen_fd)
+    host, port = values[HOST.env], values[PORT.env]
+    count = values[funding_settings.API_WORKERS.env]
     try:
-        server = create_server(app, counter, **adjustments)
+        listener, origin = listening_socket(host, port)
     except (OSError, ValueError) as exc:
-        log.error("cannot listen on %s port %s: %s", values[HOST.env], values[PORT.env], exc)
+        log.error("cannot listen on %s port %s: %s", host, port, exc)
         return 1
-    host, port = str(server.effective_host), int(server.effective_port)
-    view, snapshot = views.current()
+    bound_host, bound_port = listener.getsockname()[:2]
+    counters_path = create_counters_file(count)
+    counters = SharedCounters(counters_path)
+    workers = Workers(count, listener.fileno(), worker_settings(values, counters_path, time.time()))
+    stop = threading.Event()
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGINT, on_sigterm)
     log.info(
-        "listening on http://%s:%d with %d threads; state file %s (%s)",
-        host,
-        port,
-        adjustments["threads"],
-        state_file,
-        snapshot.error or "%d symbols" % (view.count if view else 0),
+        "listening on http://%s:%d (%s) with %d worker processes; state file %s",
+        bound_host, bound_port, origin, count, values[funding_settings.STATE_FILE.env],
+    )  # fmt: skip
+    supervision = Supervision(
+        str(bound_host),
+        int(bound_port),
+        funding_systemd.watchdog_interval(),
+        lambda: counters.started_regions() >= count,
+        parallel=2 * count,
     )
-    funding_systemd.ready("listening on http://%s:%d" % (host, port))
-    feeder = None
-    interval = funding_systemd.watchdog_interval()
-    if interval:
-        feeder = WatchdogFeeder(host, port, interval)
-        feeder.start()
+    exit_code = 0
     try:
-        server.run()
+        workers.start_all()
+        supervision.start()
+        while not stop.wait(0.1):
+            if not workers.replace_the_dead():
+                exit_code = 1
+                break
     finally:
         funding_systemd.stopping()
-        if feeder is not None:
-            feeder.stop_event.set()
-        server.close()
+        supervision.stop_event.set()
+        workers.stop()
+        listener.close()
+        try:
+            os.unlink(counters_path)
+        except OSError:
+            pass
     log.info("stopped")
-    return 0
+    return exit_code
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Parsing of `!markPrice@arr` frames and merging them into the per-symbol state.
+"""Parsing of markPrice frames (the `!markPrice@arr` array and per-symbol streams) and merging them into the state.
 
 Pure functions, no I/O: `parse_frame` turns the raw text of one WebSocket
 frame into validated updates plus counts of what was rejected or skipped;
@@ -7,9 +7,12 @@ state file. Binance pushes partial shards, so a push never replaces the whole
 state, it only updates the symbols it carries.
 
 Rules (see the reference notes on the real feed):
-- a frame is either combined (`{"stream": "...markPrice...", "data": [...]}`) or
-  raw (the bare array); invalid JSON, another stream or a non-list payload
-  rejects the frame;
+- a frame is either combined (`{"stream": "...markPrice...", "data": ...}`) or
+  raw (the bare payload); the payload is the array of `!markPrice@arr` or the
+  one object of a per-symbol `<symbol>@markPrice@1s` stream (`FrameResult.per_symbol`);
+  invalid JSON, another stream or any other payload rejects the frame;
+- `{"result": ..., "id": N}` / `{"error": {...}, "id": N}` is the server's answer
+  to a SUBSCRIBE/UNSUBSCRIBE (`FrameResult.control`), not market data;
 - an item is used only when `e == "markPriceUpdate"` (a `24hrTicker` also has a
   `p`, meaning *price change*), its symbol looks like a symbol, its prices are
   finite and positive and its numbers parse; unknown keys are ignored and a
@@ -27,7 +30,14 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, MutableMapping, Optional, Tuple, Union
 
 import funding_json
-from funding_state import SYMBOL_RECORD_FIELDS, RecordField, field_value_ok, finite_number, is_whole_number
+from funding_state import (
+    CONTRACT_KEYS,
+    SYMBOL_RECORD_FIELDS,
+    RecordField,
+    field_value_ok,
+    finite_number,
+    is_whole_number,
+)
 from funding_terms import FundingTerms, interval_from_spacing, terms_for
 
 MARK_PRICE_EVENT = "markPriceUpdate"
@@ -49,6 +59,7 @@ TERMS_KEYS = ("fundingIntervalHours", "fundingRateCap", "fundingRateFloor")
 # The stream's last value counts as the settled one only when it is at most this much older than the settlement.
 STREAM_SETTLEMENT_MAX_GAP_MS = 120_000
 DEFAULT_MAX_SYMBOLS = 5000
+CONTRACT_RECORD_KEYS = CONTRACT_KEYS  # copied from the universe onto each record
 
 
 @dataclass(frozen=True)
@@ -59,6 +70,20 @@ class MarkPriceUpdate:
     funding_rate: float
     next_funding_time: int  # ms
     event_time: int  # ms, the item's `E`
+    market_marker: Optional[int] = None  # the undocumented `st` (1 USDⓈ-M, 2 COIN-M) when present
+
+
+@dataclass(frozen=True)
+class ControlReply:
+    """The server's answer to a SUBSCRIBE/UNSUBSCRIBE: `error_code`/`error_message` set when it failed."""
+
+    request_id: Any
+    error_code: Optional[int] = None
+    error_message: Optional[str] = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error_code is None and self.error_message is None
 
 
 @dataclass
@@ -71,6 +96,9 @@ class FrameResult:
     frame_rejected: bool = False
     frame_reject_reason: Optional[str] = None
     reject_reasons: Counter = field(default_factory=Counter)
+    skipped_symbols: List[str] = field(default_factory=list)  # symbols of the items skipped without funding
+    per_symbol: bool = False  # the frame came from a per-symbol stream, not the all-market array
+    control: Optional[ControlReply] = None
 
     def reject_item(self, reason: str) -> None:
         self.items_rejected += 1
@@ -162,22 +190,48 @@ def parse_item(item: Any) -> Tuple[str, Union[MarkPriceUpdate, str]]:
     event_time = parse_millis(item.get("E"))
     if not event_time:
         return "reject", "bad event time"
-    return "ok", MarkPriceUpdate(symbol, mark_price, index_price, funding_rate, next_funding_time, event_time)
+    marker = item.get("st")
+    market_marker = marker if isinstance(marker, int) and not isinstance(marker, bool) else None
+    return "ok", MarkPriceUpdate(symbol, mark_price, index_price, funding_rate, next_funding_time, event_time,
+                                 market_marker)
 
 
-def _frame_items(payload: Any) -> Tuple[Optional[List[Any]], Optional[str]]:
-    """The item list of a combined or raw frame, or (None, why not)."""
+def _frame_items(payload: Any) -> Tuple[Optional[List[Any]], bool, Optional[str]]:
+    """(items, per_symbol) of a combined or raw frame, or (None, False, why not)."""
     if isinstance(payload, list):
-        return payload, None
+        return payload, False, None
     if isinstance(payload, dict) and "data" in payload:
         stream = payload.get("stream")
         if not isinstance(stream, str) or "markprice" not in stream.lower():
-            return None, "not a markPrice stream: %.60r" % (stream,)
+            return None, False, "not a markPrice stream: %.60r" % (stream,)
         data = payload["data"]
+        if isinstance(data, dict) and not stream.startswith("!"):
+            return [data], True, None
         if not isinstance(data, list):
-            return None, "data is %s, not a list" % type(data).__name__
-        return data, None
-    return None, "payload is %s, not a list" % type(payload).__name__
+            return None, False, "data is %s, not a list or an object" % type(data).__name__
+        return data, False, None
+    if isinstance(payload, dict) and "e" in payload:
+        return [payload], True, None
+    return None, False, "payload is %s, not a list" % type(payload).__name__
+
+
+def _control_reply(payload: Any) -> Optional[ControlReply]:
+    """The SUBSCRIBE/UNSUBSCRIBE answer a payload is, or None when it is something else."""
+    if not isinstance(payload, dict) or "id" not in payload or not ("result" in payload or "error" in payload):
+        return None
+    error = payload.get("error")
+    if error is None and "error" not in payload:
+        return ControlReply(payload["id"])
+    code: Optional[int] = -1
+    message: Optional[str] = None
+    if isinstance(error, dict):
+        raw_code = error.get("code")
+        code = raw_code if isinstance(raw_code, int) and not isinstance(raw_code, bool) else -1
+        raw_message = error.get("msg")
+        message = raw_message[:200] if isinstance(raw_message, str) else None
+    elif isinstance(error, str):
+        message = error[:200]
+    return ControlReply(payload["id"], code, message)
 
 
 def parse_frame(raw: Union[str, bytes, bytearray]) -> FrameResult:
@@ -196,15 +250,21 @@ def parse_frame(raw: Union[str, bytes, bytearray]) -> FrameResult:
         payload = funding_json.loads(raw)
     except (ValueError, RecursionError):
         return _rejected_frame(result, "invalid JSON")
-    items, reason = _frame_items(payload)
+    control = _control_reply(payload)
+    if control is not None:
+        result.control = control
+        return result
+    items, per_symbol, reason = _frame_items(payload)
     if items is None:
         return _rejected_frame(result, reason or "unusable frame")
+    result.per_symbol = per_symbol
     for item in items:
         verdict, value = parse_item(item)
         if verdict == "ok":
             result.updates.append(value)  # type: ignore[arg-type]
         elif verdict == "skip":
             result.items_skipped_no_funding += 1
+            result.skipped_symbols.append(item["s"])
         else:
             result.reject_item(value)  # type: ignore[arg-type]
     return result
@@ -231,6 +291,8 @@ def merge_updates(
     now: float,
     funding_terms: Optional[Mapping[str, FundingTerms]] = None,
     max_symbols: int = DEFAULT_MAX_SYMBOLS,
+    *,
+    contracts: Optional[Mapping[str, Mapping[str, str]]] = None,
 ) -> MergeResult:
     """Fold updates into funding_state in place; every changed record is a new dict.
 
@@ -238,7 +300,8 @@ def merge_updates(
     funding_state taken under a lock can be serialised outside it.
     `funding_terms` (from REST fundingInfo; a symbol absent from it has the
     defaults) sets fundingIntervalHours, fundingRateCap and fundingRateFloor;
-    without it a record keeps the terms it had.
+    without it a record keeps the terms it had. `contracts` (the universe)
+    sets contractType and underlyingType the same way.
 
     Settlements: when an item's `T` moves past the record's `T` and its event
     time is at or after the old `T`, the symbol settled at the old `T`. The
@@ -269,6 +332,11 @@ def merge_updates(
             "eventTime": update.event_time,
         }
         record.update(_terms_fields(update.symbol, previous, funding_terms))
+        contract = contracts.get(update.symbol) if contracts is not None else None
+        for key in CONTRACT_RECORD_KEYS:
+            value = contract.get(key) if contract is not None else previous.get(key)
+            if value:
+                record[key] = value
         change_at = int(now * 1000)
         how = "fundingInfo"
         settled_at = _settled_at(previous, update)

@@ -10,9 +10,16 @@ Unhealthy, each reason starting with a stable code:
   no_symbols:    there is no symbol at all
   stale:         the newest symbol is older than FUNDING_STALE_SECONDS
   no_data:       no market data for longer than FUNDING_MAX_MESSAGE_AGE_SECONDS
+  coverage:      fewer than 99 % of the universe's perpetuals (exchangeInfo's TRADING perpetuals, as the daemon
+                 last fetched them) have data fresher than FUNDING_STALE_SECONDS, for longer than
+                 FUNDING_COVERAGE_GRACE_SECONDS (counted from the daemon's `coverage_low_since`, and never within
+                 that grace of the daemon's start)
 Degraded (still serving; warnings):
   reconnecting:  disconnected for less than the grace: a start, a drop, Binance's 24 h close
   stale_symbols: some symbols are older than FUNDING_STALE_SECONDS while the newest is fresh
+  universe_unknown: the daemon has run longer than FUNDING_COVERAGE_GRACE_SECONDS without a contract universe
+                 (REST exchangeInfo unreachable since its first start): it serves what the streams bring and
+                 coverage cannot be measured
 
 The daemon marks its start as the beginning of a disconnect (`disconnected_since`), so a
 just-restarted daemon gets the same grace as a reconnect. "Market data" is the newest of
@@ -25,13 +32,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Optional, Tuple
+from typing import Any, FrozenSet, Iterable, List, Mapping, Optional, Tuple
 
-from funding_state import age_seconds, disconnected_for, finite_number
+from funding_state import age_seconds, disconnected_for, finite_number, universe_of
 
 HEALTHY = "healthy"
 DEGRADED = "degraded"
 UNHEALTHY = "unhealthy"
+COVERAGE_MIN_FRACTION = 0.99
+MISSING_NAMES_SHOWN = 20
 
 
 @dataclass(frozen=True)
@@ -39,14 +48,17 @@ class HealthRules:
     stale_seconds: float = 180.0
     disconnect_grace_seconds: float = 15.0
     max_data_age_seconds: float = 60.0
+    coverage_grace_seconds: float = 120.0
 
     @classmethod
     def from_settings(cls, values: Mapping[str, Any]) -> "HealthRules":
-        """From funding_settings values (FUNDING_STALE_SECONDS, ..._DISCONNECT_GRACE_..., ..._MAX_MESSAGE_AGE_...)."""
+        """From funding_settings values (FUNDING_STALE_SECONDS, ..._DISCONNECT_GRACE_..., ..._MAX_MESSAGE_AGE_...,
+        ..._COVERAGE_GRACE_...)."""
         return cls(
             stale_seconds=values["FUNDING_STALE_SECONDS"],
             disconnect_grace_seconds=values["FUNDING_DISCONNECT_GRACE_SECONDS"],
             max_data_age_seconds=values["FUNDING_MAX_MESSAGE_AGE_SECONDS"],
+            coverage_grace_seconds=values["FUNDING_COVERAGE_GRACE_SECONDS"],
         )
 
 
@@ -58,18 +70,31 @@ class FeedSnapshot:
     symbol_count: int
     oldest_updated_at: Optional[float]
     newest_updated_at: Optional[float]
+    universe: Optional[FrozenSet[str]] = None  # the daemon's contract universe; None while it has none
+    updated_at: Optional[Mapping[str, float]] = None  # symbol -> updatedAt, for coverage
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> "FeedSnapshot":
         """From a validated state payload (funding_state.validate_payload)."""
-        updated = [finite_number(r.get("updatedAt")) for r in payload["funding_state"].values()]
-        times = [t for t in updated if t is not None]
+        updated = {s: finite_number(r.get("updatedAt")) for s, r in payload["funding_state"].items()}
+        times = {s: t for s, t in updated.items() if t is not None}
+        universe = universe_of(payload)
         return cls(
             connection_status=payload["connection_status"],
             symbol_count=len(payload["funding_state"]),
-            oldest_updated_at=min(times) if times else None,
-            newest_updated_at=max(times) if times else None,
+            oldest_updated_at=min(times.values()) if times else None,
+            newest_updated_at=max(times.values()) if times else None,
+            universe=frozenset(universe) if universe is not None else None,
+            updated_at=times,
         )
+
+    def missing_symbols(self, now: float, stale_seconds: float) -> List[str]:
+        """Universe symbols without data newer than stale_seconds, sorted; [] without a universe."""
+        if self.universe is None:
+            return []
+        cutoff = now - stale_seconds
+        updated = self.updated_at or {}
+        return sorted(s for s in self.universe if updated.get(s, -math.inf) < cutoff)
 
 
 @dataclass(frozen=True)
@@ -82,6 +107,8 @@ class HealthVerdict:
     data_age: Optional[float]  # seconds since the last market data; None if there never was any
     oldest_age: Optional[float]
     newest_age: Optional[float]
+    expected_count: Optional[int] = None  # symbols in the universe; None while it is unknown
+    missing: Tuple[str, ...] = ()  # universe symbols without fresh data, sorted
 
     @property
     def healthy(self) -> bool:
@@ -116,11 +143,24 @@ def judge(feed: Optional[FeedSnapshot], state_error: Optional[str], now: float, 
         reasons.append(
             "no_data: no market data for %.0f s (threshold %g s)" % (data_age, rules.max_data_age_seconds)
         )
+    expected = len(feed.universe) if feed is not None and feed.universe is not None else None
+    missing = feed.missing_symbols(now, rules.stale_seconds) if feed is not None else []
+    coverage = coverage_reason(
+        expected, missing, finite_number(status.get("coverage_low_since")),
+        daemon_started_at=finite_number(status.get("daemon_started_at")), now=now,
+        grace_seconds=rules.coverage_grace_seconds)
+    if coverage is not None:
+        reasons.append(coverage)
     grace, stale = rules.disconnect_grace_seconds, rules.stale_seconds
     if reconnecting:
         warnings.append("reconnecting: disconnected %.0f s ago (grace %g s)" % (down_for, grace))
     if oldest is not None and oldest > stale and not (newest is not None and newest > stale):
         warnings.append("stale_symbols: the oldest data is %.1f s old (threshold %g s)" % (oldest, stale))
+    started = finite_number(status.get("daemon_started_at"))
+    if (feed is not None and expected is None and status.get("universe_known") is False and started is not None
+            and now - started > rules.coverage_grace_seconds):
+        warnings.append("universe_unknown: the daemon has no contract universe (REST exchangeInfo unreachable since "
+                        "it started %.0f s ago); it serves what the streams bring, coverage unknown" % (now - started))
 
     verdict = UNHEALTHY if reasons else DEGRADED if warnings else HEALTHY
     return HealthVerdict(
@@ -132,7 +172,38 @@ def judge(feed: Optional[FeedSnapshot], state_error: Optional[str], now: float, 
         data_age=data_age,
         oldest_age=oldest,
         newest_age=newest,
+        expected_count=expected,
+        missing=tuple(missing),
     )
+
+
+def coverage_reason(
+    expected: Optional[int],
+    missing: List[str],
+    low_since: Optional[float],
+    *,
+    daemon_started_at: Optional[float],
+    now: float,
+    grace_seconds: float,
+) -> Optional[str]:
+    """The "coverage:" reason, or None while coverage is fine, unknown, or low for no longer than the grace.
+
+    Coverage is low when fewer than 99 % of the universe's symbols have fresh data; it is a reason only after it
+    stayed low (since `low_since`, as the daemon tracks it) for longer than `grace_seconds`, and no earlier than
+    `grace_seconds` after the daemon started.
+    """
+    if not expected:
+        return None
+    served = expected - len(missing)
+    if served >= expected * COVERAGE_MIN_FRACTION or low_since is None:
+        return None
+    if now - low_since <= grace_seconds:
+        return None
+    if daemon_started_at is not None and now - daemon_started_at <= grace_seconds:
+        return None
+    shown = ", ".join(missing[:MISSING_NAMES_SHOWN]) + (", ..." if len(missing) > MISSING_NAMES_SHOWN else "")
+    return "coverage: %d of %d perpetuals served (%.1f %%, under %g %% for %.0f s); missing: %s" % (
+        served, expected, 100.0 * served / expected, COVERAGE_MIN_FRACTION * 100, now - low_since, shown)
 
 
 # --------------------------------------------------------------------------- settlement history

@@ -13,7 +13,11 @@ Checks, in the seed's order:
   5. NULL funding rate or mark price (error)
   6. last market data older than FUNDING_MAX_MESSAGE_AGE_SECONDS (error)
   7. binance-funding-api.service is active and /funding/health answers
-  8. spot check of one symbol (BTCUSDT) against Binance REST premiumIndex
+  8. spot check of one symbol (BTCUSDT) against Binance REST premiumIndex, and of one TradFi perpetual of the
+     universe (XAUUSDT when listed): those reach the daemon on their own per-symbol streams
+Besides, against the daemon's contract universe (exchangeInfo): "N of M perpetuals (K TradFi)", a warning
+naming the perpetuals without fresh data, and funding_health's "coverage:" error when coverage stays under
+99 % past FUNDING_COVERAGE_GRACE_SECONDS; FUNDING_MIN_SYMBOLS is only a sanity floor.
 
 Checks 2 and 6 (and an error when even the newest symbol is stale) are funding_health's verdict on the state
 file, the one the API's /funding/health gives on the same state at the same moment; the spot check's rules are
@@ -65,8 +69,10 @@ from funding_state import (
     is_whole_number,
     read_state,
     settlement_ok,
+    universe_of,
     write_state_atomic,
 )
+from funding_universe import TRADIFI_CONTRACT_TYPE
 
 PROG = "funding_health_monitor"
 BANNER = "=" * 100
@@ -75,12 +81,27 @@ RESTART_POLL_SECONDS = 0.5
 S = funding_settings
 SETTINGS = (
     S.LOG_LEVEL, S.STATE_FILE, S.DISCONNECT_GRACE, S.API_URL, S.REST_URL, S.STALE_SECONDS, S.MIN_SYMBOLS,
-    S.MAX_MESSAGE_AGE, S.HTTP_TIMEOUT, S.SPOT_CHECK_SYMBOL, S.PRICE_WARN_PERCENT, S.PRICE_ERROR_PERCENT,
+    S.MAX_MESSAGE_AGE, S.COVERAGE_GRACE_SECONDS, S.HTTP_TIMEOUT, S.SPOT_CHECK_SYMBOL, S.PRICE_WARN_PERCENT,
+    S.PRICE_ERROR_PERCENT,
     S.SPOT_SAME_MOMENT, S.SPOT_TIME_GAP, S.DAEMON_STUCK, S.MAX_RESTARTS, S.RESTART_WINDOW, S.RESTART_WAIT,
     S.SYSTEMCTL_TIMEOUT, S.SYSTEMCTL, S.SUDO, S.MONITOR_STATE_FILE, S.WS_UNIT, S.API_UNIT, S.HISTORY_DB,
 )
 # funding_health's reasons this report states in its own (the seed's) words; any other reason is reported as is.
 REPORTED_REASONS = ("state_file", "disconnected", "no_symbols", "no_data")
+PREFERRED_TRADFI_SPOT_SYMBOL = "XAUUSDT"
+
+
+def tradfi_spot_symbol(
+    universe: Optional[Mapping[str, Mapping[str, Any]]], symbols: Mapping[str, Any]
+) -> Optional[str]:
+    """The TradFi perpetual to spot-check: XAUUSDT (gold) when the universe lists it, else the first served one."""
+    if not universe:
+        return None
+    served = sorted(s for s, contract in universe.items()
+                    if contract.get("contractType") == TRADIFI_CONTRACT_TYPE and isinstance(symbols.get(s), dict))
+    if not served:
+        return None
+    return PREFERRED_TRADFI_SPOT_SYMBOL if PREFERRED_TRADFI_SPOT_SYMBOL in served else served[0]
 
 
 def _clock(epoch_seconds: float) -> str:
@@ -261,6 +282,8 @@ class FeedFacts:
     data_age: Optional[float] = None  # seconds since the last market data
     no_data_for: Optional[float] = None  # seconds the daemon has gone without data (since data or its start)
     record: Optional[Dict[str, Any]] = None  # the spot-check symbol's record
+    tradfi_symbol: Optional[str] = None  # a TradFi perpetual of the universe, spot-checked too
+    tradfi_record: Optional[Dict[str, Any]] = None
     funding_state: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # every symbol's record
 
     def fresh(self, max_age: float) -> bool:
@@ -363,6 +386,11 @@ class HealthMonitor:
             self.report.add_info("%d symbols tracked" % count)
         else:
             self.report.error("Only %d symbols tracked (expected at least %d)" % (count, c["FUNDING_MIN_SYMBOLS"]))
+        universe = universe_of(payload)
+        self.check_coverage(universe, symbols, verdict)
+        facts.tradfi_symbol = tradfi_spot_symbol(universe, symbols)
+        if facts.tradfi_symbol is not None:
+            facts.tradfi_record = symbols[facts.tradfi_symbol]
 
         messages = status.get("messages_received")
         if finite_number(messages) is not None:
@@ -425,6 +453,30 @@ class HealthMonitor:
             null_mark_price=null_price,
         )
         return facts
+
+    def check_coverage(self, universe: Optional[Mapping[str, Mapping[str, Any]]], symbols: Mapping[str, Any],
+                       verdict: funding_health.HealthVerdict) -> None:
+        """"N of M perpetuals (K TradFi)" against the daemon's universe; the missing ones by name."""
+        expected = verdict.expected_count
+        if universe is None or expected is None:
+            self.report.checks["coverage"] = {"universe_known": False}
+            for warning in verdict.warnings:
+                if warning.startswith("universe_unknown:"):
+                    self.report.warn("Coverage unknown: " + warning.split(":", 1)[1].strip())
+            return
+        missing = list(verdict.missing)
+        tradfi = sum(1 for s, contract in universe.items()
+                     if contract.get("contractType") == TRADIFI_CONTRACT_TYPE and s in symbols and s not in missing)
+        served = expected - len(missing)
+        self.report.add_info("%d of %d perpetuals (%d TradFi)" % (served, expected, tradfi))
+        if missing:
+            shown = missing[:funding_health.MISSING_NAMES_SHOWN]
+            self.report.warn("%d perpetuals without fresh data: %s%s" % (
+                len(missing), ", ".join(shown), ", ..." if len(missing) > len(shown) else ""))
+        self.report.checks["coverage"] = {
+            "universe_known": True, "expected": expected, "served": served, "tradfi_served": tradfi,
+            "missing_count": len(missing), "missing": missing[:funding_health.MISSING_NAMES_SHOWN],
+        }
 
     # the settlement history: a warning when it lags by more than two intervals (funding_health.judge_history_lag)
     def check_history(self, facts: FeedFacts) -> None:
@@ -533,9 +585,14 @@ class HealthMonitor:
 
     # 8: the spot check
     def check_spot(self, facts: FeedFacts) -> None:
-        symbol = self.config["FUNDING_SPOT_CHECK_SYMBOL"]
+        """The configured symbol, then a TradFi perpetual (they reach the daemon on their own streams)."""
+        self.spot_check(self.config["FUNDING_SPOT_CHECK_SYMBOL"], facts.record, "spot_check")
+        if facts.tradfi_symbol is not None and facts.tradfi_symbol != self.config["FUNDING_SPOT_CHECK_SYMBOL"]:
+            self.spot_check(facts.tradfi_symbol, facts.tradfi_record, "spot_check_tradfi")
+
+    def spot_check(self, symbol: str, record: Optional[Dict[str, Any]], key: str) -> None:
         result: Dict[str, Any] = {"symbol": symbol}
-        self.report.checks["spot_check"] = result
+        self.report.checks[key] = result
         if self.rest is None:
             result["error"] = "FUNDING_REST_URL is off"
             self.report.add_info("Data quality check skipped: FUNDING_REST_URL is off")
@@ -550,7 +607,7 @@ class HealthMonitor:
             result["error"] = str(exc)
             self.report.error("Data quality check failed: cannot get %s from Binance REST: %s" % (symbol, exc))
             return
-        local, source = self.local_record(symbol, facts)
+        local, source = self.local_record(symbol, record)
         result["source"] = source
         if local is None:
             result["error"] = source
@@ -558,20 +615,20 @@ class HealthMonitor:
             return
         self.compare(symbol, rest, local, result)
 
-    def local_record(self, symbol: str, facts: FeedFacts) -> "Tuple[Optional[Dict[str, Any]], str]":
+    def local_record(self, symbol: str, record: Optional[Dict[str, Any]]) -> "Tuple[Optional[Dict[str, Any]], str]":
         try:
             response = self.api.get("/funding/%s" % symbol)
             body = response.body
             if isinstance(body, dict) and finite_number(body.get("markPrice")) is not None:
-                merged = dict(facts.record or {})
+                merged = dict(record or {})
                 merged.update({k: v for k, v in body.items() if v is not None or k == "fundingRate"})
                 return merged, "api"
             problem = "API answer has no markPrice"
         except RestError as exc:
             problem = "API: %s" % exc
-        if facts.record is not None:
+        if record is not None:
             self.report.add_info("Data quality check: using the state file for %s (%s)" % (symbol, problem))
-            return facts.record, "state_file"
+            return record, "state_file"
         return None, "%s; not in the state file either" % problem
 
     def compare(self, symbol: str, rest: PremiumIndex, local: Mapping[str, Any], result: Dict[str, Any]) -> None:

@@ -7,6 +7,10 @@ file, and compares the symbols that have funding on both sides: funding rate
 the same rules as the health monitor's spot check) and mark price (absolute and
 relative difference buckets). Symbols present on only one side are listed.
 
+The state file's contract universe (the daemon's exchangeInfo TRADING perpetuals), when it has one, bounds the
+comparison: REST symbols outside it (SETTLING, delisted) are not expected in the state file and are only counted.
+`--contract-type TRADIFI_PERPETUAL` (or PERPETUAL, ...) compares only the perpetuals of that type, by the universe.
+
 Verdict and exit code:
   0  EXCELLENT   every funding rate identical, every price within 0.1 %, no REST symbol missing
   0  ACCEPTABLE  no errors: differing rates explained by time, prices within 1 %,
@@ -20,6 +24,7 @@ Verdict and exit code:
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -30,7 +35,7 @@ import funding_json
 import funding_settings
 from funding_compare import compare_price, judge_funding_rate, local_event_ms
 from funding_rest import BinanceRest, PremiumIndex, RestError
-from funding_state import StateFileError, read_state
+from funding_state import StateFileError, read_state, universe_of
 
 PROG = "funding_rest_comparison"
 WIDE = "=" * 140
@@ -90,6 +95,8 @@ class Comparison:
     verdict: str = ""
     verdict_lines: List[str] = field(default_factory=list)
     exit_code: int = EXIT_CANNOT_COMPARE
+    outside_universe: int = 0  # REST symbols outside the state file's contract universe (or the --contract-type)
+    contract_type: Optional[str] = None
 
 
 def compare(rest: Sequence[PremiumIndex], funding_state: Mapping[str, Any], config: Mapping[str, Any]) -> Comparison:
@@ -311,6 +318,11 @@ def render_header(comparison: Comparison) -> List[str]:
         if comparison.rest_rejected:
             lines.append("  Skipped %d malformed entries: %s" % (
                 len(comparison.rest_rejected), _names(comparison.rest_rejected)))
+        if comparison.outside_universe:
+            scope = ("contractType %s" % comparison.contract_type if comparison.contract_type
+                     else "the contract universe")
+            lines.append("  Not compared: %d symbols outside %s (SETTLING, delisted or another type)" % (
+                comparison.outside_universe, scope))
     return lines
 
 
@@ -389,7 +401,9 @@ def to_json(comparison: Comparison, summary: Optional[Summary]) -> Dict[str, Any
             "symbols": comparison.rest_count,
             "fetch_ms": comparison.rest_fetch_ms,
             "rejected": comparison.rest_rejected,
+            "outside_universe": comparison.outside_universe,
         },
+        "contract_type": comparison.contract_type,
         "state": {"symbols": comparison.state_count, "load_ms": comparison.state_load_ms},
         "only_in_rest": comparison.only_in_rest,
         "only_in_state": comparison.only_in_state,
@@ -425,7 +439,7 @@ def to_json(comparison: Comparison, summary: Optional[Summary]) -> Dict[str, Any
 # --------------------------------------------------------------------------- main
 
 
-def run(config: Mapping[str, Any]) -> "Tuple[Comparison, Optional[Summary]]":
+def run(config: Mapping[str, Any], contract_type: Optional[str] = None) -> "Tuple[Comparison, Optional[Summary]]":
     started = time.time()
     if config["FUNDING_REST_URL"] is None:
         return Comparison(generated_at=started, error="FUNDING_REST_URL is off: there is no REST to compare with"), None
@@ -443,10 +457,28 @@ def run(config: Mapping[str, Any]) -> "Tuple[Comparison, Optional[Summary]]":
         failed.rest_count, failed.rest_fetch_ms, failed.rest_rejected = len(entries), elapsed * 1000, rejected
         return failed, None
     load_ms = (time.monotonic() - load_started) * 1000
-    comparison = compare(entries, payload["funding_state"], config)
+    fetched = len(entries)
+    universe = universe_of(payload)
+    funding = payload["funding_state"]
+    outside = 0
+    if contract_type is not None:
+        if universe is None:
+            failed = Comparison(generated_at=started, error="--contract-type needs the contract universe in the state "
+                                "file (the daemon has not fetched exchangeInfo yet)")
+            failed.rest_count, failed.rest_fetch_ms, failed.rest_rejected = len(entries), elapsed * 1000, rejected
+            return failed, None
+        universe = {s: c for s, c in universe.items() if c.get("contractType") == contract_type}
+        funding = {s: r for s, r in funding.items() if s in universe}
+    if universe is not None:
+        kept = [e for e in entries if e.symbol in universe]
+        outside = len(entries) - len(kept)
+        entries = kept
+    comparison = compare(entries, funding, config)
+    comparison.outside_universe = outside
+    comparison.contract_type = contract_type
     comparison.generated_at = started
-    comparison.rest_count, comparison.rest_fetch_ms, comparison.rest_rejected = len(entries), elapsed * 1000, rejected
-    comparison.state_count, comparison.state_load_ms = len(payload["funding_state"]), load_ms
+    comparison.rest_count, comparison.rest_fetch_ms, comparison.rest_rejected = fetched, elapsed * 1000, rejected
+    comparison.state_count, comparison.state_load_ms = len(funding), load_ms
     if not comparison.rows:
         comparison.error = "no symbol with funding is in both REST and the state file"
     summary = summarize(comparison, config["FUNDING_COMPARE_BEHIND_SECONDS"])
@@ -456,6 +488,19 @@ def run(config: Mapping[str, Any]) -> "Tuple[Comparison, Optional[Summary]]":
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=20, help="symbols shown in the sample table (default 20)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON instead of the report")
+    parser.add_argument("--contract-type", metavar="TYPE", type=contract_type_name,
+                        help="compare only the perpetuals of this exchangeInfo contractType (PERPETUAL, "
+                        "TRADIFI_PERPETUAL, ...), as the state file's contract universe lists them")
+
+
+CONTRACT_TYPE_PATTERN = re.compile(r"[A-Z_]{1,40}")
+
+
+def contract_type_name(text: str) -> str:
+    name = text.strip().upper()
+    if not CONTRACT_TYPE_PATTERN.fullmatch(name) or not name.endswith("PERPETUAL"):
+        raise argparse.ArgumentTypeError("must be a perpetual contractType such as PERPETUAL or TRADIFI_PERPETUAL")
+    return name
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -467,7 +512,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("%s: --limit must be 0 or more" % PROG, file=sys.stderr)
         return EXIT_CANNOT_COMPARE
     try:
-        comparison, summary = run(config)
+        comparison, summary = run(config, args.contract_type)
     except Exception as exc:  # report, never a traceback
         log.debug("internal error", exc_info=True)
         comparison, summary = Comparison(generated_at=time.time(), error="internal error: %s" % exc), None

@@ -113,7 +113,8 @@ STATE_FILE = Setting("FUNDING_STATE_FILE", DEFAULT_STATE_FILE, "path of the shar
 REST_URL = Setting(
     "FUNDING_REST_URL",
     "https://fapi.binance.com",
-    "Binance USDⓈ-M REST base URL (daemon: fundingInfo; monitor: ping and spot check; comparison tool); "
+    "Binance USDⓈ-M REST base URL (daemon: exchangeInfo, the contract universe, and fundingInfo; monitor: ping and "
+    "spot check; comparison tool); "
     "'off' makes no REST calls",
     optional_http_url,
 )
@@ -133,6 +134,31 @@ STALE_SECONDS = Setting(
     "180",
     "data older than this is stale (API: 503; monitor: a warning per stale symbol)",
     positive_float,
+)
+UNIVERSE_REFRESH_SECONDS = Setting(
+    "FUNDING_UNIVERSE_REFRESH_SECONDS",
+    "600",
+    "how often the contract universe (REST exchangeInfo, weight 1) is fetched again (+-10 % jitter)",
+    positive_float,
+)
+ARRAY_GRACE_SECONDS = Setting(
+    "FUNDING_ARRAY_GRACE_SECONDS",
+    "6",
+    "a universe symbol the all-market array has not delivered this long after connecting (or after its listing) "
+    "gets its own <symbol>@markPrice@1s stream",
+    positive_float,
+)
+SYMBOL_EXPIRE_SECONDS = Setting(
+    "FUNDING_SYMBOL_EXPIRE_SECONDS",
+    "3600",
+    "without a universe, a symbol no stream carried for this long is removed (and answers 404 delisted)",
+    positive_float,
+)
+COVERAGE_GRACE_SECONDS = Setting(
+    "FUNDING_COVERAGE_GRACE_SECONDS",
+    "120",
+    "coverage of the universe under 99 % for longer than this (and this long after the daemon started) is unhealthy",
+    non_negative_float,
 )
 MAX_MESSAGE_AGE = Setting(
     "FUNDING_MAX_MESSAGE_AGE_SECONDS", "60", "no market data for longer than this is unhealthy", positive_float
@@ -177,14 +203,33 @@ INTERVALS_REFRESH = Setting(
 )
 
 # --------------------------------------------------------------------------- API
+def api_workers(text: str) -> int:
+    """A count of API worker processes; 0 means one per CPU core, at most 4."""
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be 0 (one per core, at most 4) or a positive whole number")
+    if value == 0:
+        value = min(4, os.cpu_count() or 1)
+    return value
+
+
+def positive_milliseconds(text: str) -> float:
+    """Milliseconds in the environment, seconds in the program."""
+    return positive_float(text) / 1000.0
+
+
 API_HOST = Setting("FUNDING_API_HOST", "127.0.0.1", "address to listen on (keep it on loopback)")
 API_PORT = Setting("FUNDING_API_PORT", "8888", "TCP port to listen on (0 picks a free one)", port_or_zero)
-API_THREADS = Setting("FUNDING_API_THREADS", "8", "worker threads answering complete requests", positive_int)
-API_CONNECTION_LIMIT = Setting(
-    "FUNDING_API_CONNECTION_LIMIT", "200", "open connections before new ones wait", positive_int
+API_WORKERS = Setting(
+    "FUNDING_API_WORKERS", "0", "worker processes of the API server (0: one per CPU core, at most 4)", api_workers
 )
-API_CHANNEL_TIMEOUT = Setting(
-    "FUNDING_API_CHANNEL_TIMEOUT", "30", "seconds an idle or half-sent connection is kept before it is closed",
+API_STATE_POLL = Setting(
+    "FUNDING_API_STATE_POLL_MS", "2",
+    "how often each API worker looks for a new state file, in milliseconds (off the request path)",
+    positive_milliseconds,
+)
+API_HEADER_TIMEOUT = Setting(
+    "FUNDING_API_HEADER_TIMEOUT", "30", "seconds a client has to send its request head before the connection is closed",
     positive_int,
 )
 
@@ -343,3 +388,4 @@ def setup_logging(level: str, name: str) -> logging.Logger:
     root.handlers[:] = [handler]
     root.setLevel(level)
     return logging.getLogger(name)
+

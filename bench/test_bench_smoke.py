@@ -1,8 +1,8 @@
 """The benchmark compares like with like: its baseline (bench/baseline, the seed design) answers with
 the same JSON as our API, and its freshness matching attributes each API answer to the right push.
 
-Not a benchmark. The server tests are skipped when FastAPI/uvicorn (requirements-bench.txt) are
-not installed.
+Not a benchmark: `make bench` runs it first (scripts/bench.sh), in the venv where it installed FastAPI and
+uvicorn (requirements-bench.txt, Python >= 3.11); `make test` does not collect bench/.
 """
 
 from __future__ import annotations
@@ -16,13 +16,14 @@ import sys
 import time
 from pathlib import Path
 
-import funding_state
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO / "bench") not in sys.path:
-    sys.path.insert(0, str(REPO / "bench"))
+for directory in (REPO / "bench", REPO / "roles" / "funding" / "files"):
+    if str(directory) not in sys.path:
+        sys.path.insert(0, str(directory))
 
+import funding_state  # noqa: E402
 from bench_freshness import distinct_updates, match_symbol  # noqa: E402
 
 OUR_API = REPO / "roles" / "funding" / "files" / "funding_api_server.py"
@@ -61,8 +62,6 @@ def wait_for(port: int, process: subprocess.Popen, log: Path) -> None:
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):
-    pytest.importorskip("fastapi")
-    pytest.importorskip("uvicorn")
     directory = tmp_path_factory.mktemp("bench-smoke")
     state_file = directory / ".funding_state.json"
     now = time.time()
