@@ -7,7 +7,6 @@ import json
 import sqlite3
 import time
 
-import funding_api_view
 import funding_health
 import funding_history
 import pytest
@@ -309,10 +308,15 @@ def test_a_symbol_only_in_the_history_still_answers(app, db):
     assert status == 200 and json.loads(body)["count"] == 1
 
 
-def test_a_delisted_symbol_without_history_is_404_delisted(app, monkeypatch):
-    monkeypatch.setattr(funding_api_view.SnapshotView, "delisted", {"GONEUSDT": {}}, raising=False)
-    status, _, body = get(app, "/funding/GONEUSDT/history")
+def test_a_delisted_symbol_without_history_is_404_delisted(tmp_path, db, app):
+    state = tmp_path / "delisted-state.json"
+    write_state(state, {"AUSDT": record(NOW)}, now=NOW, delisted={"GONEUSDT": NOW - 100})
+    config = ApiConfig(clock=lambda: NOW, history=HistoryReader(db))
+    delisted_app = build_app(StateViews(StateReader(str(state))), config, RequestCounter())
+    status, _, body = get(delisted_app, "/funding/GONEUSDT/history")
     assert status == 404 and json.loads(body)["error"] == "delisted"
+    status, _, body = get(delisted_app, "/funding/AUSDT/history")
+    assert status == 200, "a symbol with history answers whatever its listing"
 
 
 def test_without_a_database_history_is_503_and_health_says_why(tmp_path):
