@@ -537,3 +537,14 @@ def test_parse_and_merge_end_to_end_never_moves_a_mark_price_with_poison():
     merge_updates(state, result.updates, NOW + 1)
     assert result.items_rejected == len(poison)
     assert state["BTCUSDT"]["markPrice"] == 91520.0 and state["BTCUSDT"]["updatedAt"] == NOW
+
+
+def test_restore_keeps_terms_and_the_last_settlement_including_null_bounds():
+    old = {"AUSDT": {"fundingRate": 0.0001, "markPrice": 1.0, "updatedAt": 1000.0, "fundingIntervalHours": 8,
+                     "fundingRateCap": None, "fundingRateFloor": None, "fundingIntervalChangedAt": T,
+                     "lastSettlement": {"fundingTime": T, "fundingRate": 0.0002, "markPrice": 1.0, "eventTime": T - 1}},
+           "BUSDT": {"markPrice": 1.0, "updatedAt": 1000.0, "lastSettlement": {"fundingTime": "x"}}}
+    restored, dropped = funding_feed.restore_funding_state(old)
+    assert dropped == 0
+    assert restored["AUSDT"] == old["AUSDT"]
+    assert "lastSettlement" not in restored["BUSDT"], "a malformed settlement is left out"

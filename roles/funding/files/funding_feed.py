@@ -56,6 +56,7 @@ MAX_MILLIS = 10**14  # year 5138
 EVENT_TIME_FUTURE_TOLERANCE_MS = 300_000
 DEFAULT_FUNDING_INTERVAL_HOURS = 8
 TERMS_KEYS = ("fundingIntervalHours", "fundingRateCap", "fundingRateFloor")
+NULLABLE_RESTORED_KEYS = ("indexPrice", "fundingRateCap", "fundingRateFloor")
 # The stream's last value counts as the settled one only when it is at most this much older than the settlement.
 STREAM_SETTLEMENT_MAX_GAP_MS = 120_000
 DEFAULT_MAX_SYMBOLS = 5000
@@ -440,8 +441,9 @@ def restore_funding_state(funding_state: Mapping[str, Any]) -> Tuple[Dict[str, D
 
 
 def _restorable(field_: RecordField, record: Mapping[str, Any]) -> bool:
-    # A null indexPrice is what Binance's first frames carry; any other null is left out (the next frame sets it).
+    # A null indexPrice is what Binance's first frames carry, a null cap or floor is "none published"; any other null
+    # is left out (the next frame sets it).
     if field_.key not in record:
         return False
     value = record[field_.key]
-    return field_value_ok(field_, value) or (value is None and field_.key == "indexPrice")
+    return field_value_ok(field_, value) or (value is None and field_.key in NULLABLE_RESTORED_KEYS)
