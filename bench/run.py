@@ -12,6 +12,8 @@ Phases (all against one simulated exchange with Binance's timings, N symbols):
   rename   the API alone on a 1 000-symbol file replaced every 100 ms: rename ->
            first answer showing it, per worker, and the API's memory
   writes   state-file write time and size on the payloads the daemons wrote
+  stream   /funding/stream isolation (bench/bench_stream.py): wrk throughput with 64 streams open (one stalled)
+           against without, rewrite-to-event latency of the healthy streams, the stalled client dropped
 Prints a Markdown table (every figure as a ratio to the baseline, targets beside it)
 and writes it to bench/results/latest.md (raw figures: latest.json). Benchmarks
 assert nothing; the exit status is 0 whenever the run completed.
@@ -34,6 +36,7 @@ from typing import Any, Dict, List, Optional
 
 import bench_load
 import bench_rename
+import bench_stream
 from bench_freshness import ApiPoller, PushRecorder, analyse
 from bench_proc_stats import UsageSampler
 from bench_procs import (
@@ -63,7 +66,7 @@ LISTING = "/funding?limit=100"
 ENDPOINT_LABELS = ("/funding/{symbol}", "/funding/batch", "/funding/health", LISTING)
 BATCH_SIZE = 50
 FRESHNESS_SYMBOLS = 100  # polled in one batch request; more symbols, more updates per second to time
-PHASES = ("daemon", "api", "rename", "writes")
+PHASES = ("daemon", "api", "rename", "writes", "stream")
 
 # Issue 13's targets: throughput at 16 and 64 connections, p99 at every count, p50 with one client.
 API_TARGETS = {
@@ -454,6 +457,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     loads.append(load_average())
     elapsed = time.monotonic() - started
     table = render(args, machine, generator, context, daemon, api, writes, elapsed, loads, rename)
+    if "stream" in args.phases:  # issue 15: bench/bench_stream.py, its own API on a state file it rewrites
+        say("stream isolation: %d streams while wrk runs" % bench_stream.STREAMS)
+        stream = bench_stream.run(args.api_seconds, 1 if args.quick else 2, args.symbols,
+                                  "wrk" if bench_load.wrk_available() is None else "python")
+        table += "\n## Stream isolation (/funding/stream)\n\n" + "\n".join(bench_stream.table(stream)) + "\n"
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(table)

@@ -55,6 +55,22 @@ ensure_docker_packages() {
   fi
 }
 
+# The browser test of the live page (tests/test_ui_browser.py) drives Debian's Chromium through its chromedriver.
+ensure_chromium() {
+  command -v chromium >/dev/null && command -v chromedriver >/dev/null && return 0
+  if ! is_root; then
+    die "Chromium is not installed and this is not root. Install it first:
+    sudo apt-get update && sudo apt-get install -y chromium chromium-driver
+  then run this command again."
+  fi
+  log "installing chromium and chromium-driver from Debian's packages"
+  if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq \
+      chromium chromium-driver; } >"$CACHE_DIR/apt-chromium.log" 2>&1; then
+    tail -n 20 "$CACHE_DIR/apt-chromium.log" >&2
+    die "apt-get could not install chromium/chromium-driver (Debian mirror unreachable?); log: $CACHE_DIR/apt-chromium.log"
+  fi
+}
+
 ensure_docker_engine() {
   if docker info >/dev/null 2>&1; then
     log "using the Docker engine that is already running"
@@ -156,6 +172,7 @@ ensure_docker() {
 
 bootstrap_all() {
   ensure_venv
+  ensure_chromium
   ensure_docker
   ensure_images
   ensure_wheelhouse

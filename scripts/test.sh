@@ -42,6 +42,7 @@ run_lint() {
 }
 
 run_unit() {
+  phase "bootstrap: chromium" ensure_chromium || return 1
   phase "pytest (programs)" python -m pytest tests -q -p no:cacheprovider || return 1
   phase "python 3.9 (oldest supported)" run_oldest_python || return 1
 }

@@ -180,7 +180,9 @@ def test_last_good_data_ages_into_503_while_the_file_stays_corrupt(api_workdir):
     write_state(state_file, {"BTCUSDT": record(time.time(), age=0.0)})
     server = start_api(state_file, env={"FUNDING_STALE_SECONDS": "2"})
     try:
-        assert server.get("/funding/BTCUSDT").status == 200
+        # Fresh again once the server is up (its start may take longer than the 2 s threshold on a busy machine).
+        write_state(state_file, {"BTCUSDT": record(time.time(), age=0.0)})
+        assert wait_until(lambda: server.get("/funding/BTCUSDT").status == 200, deadline=1.5)
         state_file.write_bytes(b"garbage")
         # Without a new good file the served copy crosses FUNDING_STALE_SECONDS (2 s here) and turns stale.
         reply = None

@@ -13,6 +13,7 @@ worker takes its predecessor's region and continues its counts.
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import threading
 from typing import TYPE_CHECKING, Any, Iterable, List, Mapping, Optional, Tuple
@@ -27,14 +28,31 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 # Route labels (funding_api_app.ROUTE_LABELS plus "other") and HTTP status codes 100-599 (anything else is "000").
-ROUTES = ("/", "/funding", "/funding/health", "/funding/batch", "/funding/{symbol}", "/metrics",
-          "/funding/history", "/funding/{symbol}/history", "other")
+ROUTES = (
+    "/",
+    "/funding",
+    "/funding/health",
+    "/funding/batch",
+    "/funding/{symbol}",
+    "/metrics",
+    "/funding/stream",
+    "/ui",
+    "/funding/history",
+    "/funding/{symbol}/history",
+    "other",
+)
+STREAM_EVENT_KINDS = ("snapshot", "update", "health")
+STREAM_DROP_REASONS = ("slow", "error")
 _ROUTE_INDEX = {route: index for index, route in enumerate(ROUTES)}
 _STATUS_SLOTS = 501  # slot 0: "000"; slot n: status 99 + n
 LOADS_SLOT = len(ROUTES) * _STATUS_SLOTS
 LOAD_ERRORS_SLOT = LOADS_SLOT + 1
 STARTS_SLOT = LOAD_ERRORS_SLOT + 1  # times a worker process took this region (it is serving once it is non-zero)
-REGION_SLOTS = STARTS_SLOT + 1
+STREAMS_OPEN_SLOT = STARTS_SLOT + 1  # a gauge: this worker's open /funding/stream responses
+STREAMS_REFUSED_SLOT = STREAMS_OPEN_SLOT + 1
+STREAM_EVENTS_SLOT = STREAMS_REFUSED_SLOT + 1  # one slot per STREAM_EVENT_KINDS
+STREAMS_DROPPED_SLOT = STREAM_EVENTS_SLOT + len(STREAM_EVENT_KINDS)  # one slot per STREAM_DROP_REASONS
+REGION_SLOTS = STREAMS_DROPPED_SLOT + len(STREAM_DROP_REASONS)
 REGION_BYTES = REGION_SLOTS * 8
 
 
@@ -56,12 +74,13 @@ class SharedCounters:
     """
 
     def __init__(self, path: Optional[str] = None, region: int = 0) -> None:
+        self._file = None
         if path is None:
             self._map = mmap.mmap(-1, REGION_BYTES)
             region = 0
         else:
-            with open(path, "r+b") as handle:
-                self._map = mmap.mmap(handle.fileno(), 0)
+            self._file = open(path, "r+b")  # noqa: SIM115 (kept open: its lock admits streams across workers)
+            self._map = mmap.mmap(self._file.fileno(), 0)
             if (region + 1) * REGION_BYTES > len(self._map):
                 raise ValueError("counter region %d is beyond the file %s" % (region, path))
         self._all = memoryview(self._map).cast("Q")
@@ -84,7 +103,48 @@ class SharedCounters:
         self._add(LOAD_ERRORS_SLOT)
 
     def count_start(self) -> None:
-        self._add(STARTS_SLOT)
+        with self._lock:
+            self._own[STARTS_SLOT] += 1
+            # A respawned worker takes its predecessor's region: the streams that one held died with it.
+            self._own[STREAMS_OPEN_SLOT] = 0
+
+    def open_stream(self, limit: int) -> bool:
+        """Count one more open stream unless `limit` are open over every region (checked and counted atomically)."""
+        with self._lock:
+            if self._file is not None:
+                fcntl.flock(self._file.fileno(), fcntl.LOCK_EX)
+            try:
+                if self._total(STREAMS_OPEN_SLOT) >= limit:
+                    self._own[STREAMS_REFUSED_SLOT] += 1
+                    return False
+                self._own[STREAMS_OPEN_SLOT] += 1
+                return True
+            finally:
+                if self._file is not None:
+                    fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
+
+    def close_stream(self, dropped: str = "") -> None:
+        """One stream ended; `dropped` names why the server ended it (one of STREAM_DROP_REASONS), if it did."""
+        with self._lock:
+            if self._own[STREAMS_OPEN_SLOT] > 0:
+                self._own[STREAMS_OPEN_SLOT] -= 1
+            if dropped:
+                self._own[STREAMS_DROPPED_SLOT + STREAM_DROP_REASONS.index(dropped)] += 1
+
+    def count_stream_event(self, kind: str) -> None:
+        self._add(STREAM_EVENTS_SLOT + STREAM_EVENT_KINDS.index(kind))
+
+    def streams_open(self) -> int:
+        return self._total(STREAMS_OPEN_SLOT)
+
+    def streams_refused(self) -> int:
+        return self._total(STREAMS_REFUSED_SLOT)
+
+    def stream_events(self) -> List[Tuple[str, int]]:
+        return [(kind, self._total(STREAM_EVENTS_SLOT + i)) for i, kind in enumerate(STREAM_EVENT_KINDS)]
+
+    def streams_dropped(self) -> List[Tuple[str, int]]:
+        return [(reason, self._total(STREAMS_DROPPED_SLOT + i)) for i, reason in enumerate(STREAM_DROP_REASONS)]
 
     def started_regions(self) -> int:
         """How many regions a worker process has taken (each worker takes one once its application is built)."""
@@ -313,6 +373,31 @@ def render_metrics(
         "gauge",
         "Failed reconnect attempts since the last successful connection.",
         status("reconnect_attempts"),
+    )
+    out.single(
+        "funding_api_streams_open",
+        "gauge",
+        "Open /funding/stream connections, over every worker.",
+        counter.streams_open(),
+    )
+    out.single(
+        "funding_api_streams_refused_total",
+        "counter",
+        "/funding/stream requests refused with 503 because FUNDING_API_MAX_STREAMS were open.",
+        counter.streams_refused(),
+    )
+    out.family(
+        "funding_api_stream_events_total",
+        "counter",
+        "Server-sent events written to /funding/stream clients, by event type.",
+        [('event="%s"' % kind, n) for kind, n in counter.stream_events()],
+    )
+    out.family(
+        "funding_api_stream_clients_dropped_total",
+        "counter",
+        "/funding/stream clients the server dropped: slow (behind for FUNDING_API_STREAM_SEND_TIMEOUT_SECONDS) "
+        "or error (an unexpected failure, logged).",
+        [('reason="%s"' % reason, n) for reason, n in counter.streams_dropped()],
     )
     out.single(
         "funding_daemon_interval_changes_total",

@@ -1,9 +1,13 @@
 #!/usr/bin/env python3
 """binance-funding HTTP API: the shared state file served as JSON on 127.0.0.1:8888.
 
-The Bottle application (funding_api_app) runs under Granian's WSGI interface
-(HTTP parsed in Rust) in FUNDING_API_WORKERS worker processes (by default one
-per core, at most 4), which share one listening socket. This process is their
+The Bottle application (funding_api_app) runs under Granian (HTTP parsed in
+Rust) in FUNDING_API_WORKERS worker processes (by default one per core, at
+most 4), which share one listening socket. Each worker serves Granian's RSGI
+interface (funding_api_rsgi): /funding/stream (server-sent events,
+funding_api_stream) and /ui (funding_api_ui) are coroutines on the worker's
+event loop, every other request is the WSGI application called inline (see
+funding_api_rsgi for why not Granian's WSGI interface). This process is their
 supervisor: it holds the socket, starts each worker as `--worker N` (a fresh
 interpreter, so the supervisor itself stays small), replaces a worker that
 dies, and stops them all on SIGTERM, exiting 0 within a few seconds.
@@ -53,7 +57,8 @@ HOST = S.API_HOST
 PORT = S.API_PORT
 SETTINGS = (
     HOST, PORT, S.STATE_FILE, S.STALE_SECONDS, S.DISCONNECT_GRACE, S.MAX_MESSAGE_AGE, S.COVERAGE_GRACE_SECONDS,
-    S.API_WORKERS, S.API_STATE_POLL, S.API_HEADER_TIMEOUT, S.HISTORY_DB, S.LOG_LEVEL,
+    S.API_WORKERS, S.API_STATE_POLL, S.API_HEADER_TIMEOUT, S.API_MAX_STREAMS, S.API_STREAM_SEND_TIMEOUT,
+    S.HISTORY_DB, S.LOG_LEVEL,
 )
 
 BACKLOG = 1024
@@ -64,6 +69,7 @@ MAX_BUFFER_BYTES = 128 * 1024
 # per process is fastest; the Rust side queues complete requests meanwhile (a half-sent one never reaches Python).
 BLOCKING_THREADS = 1
 WORKER_STOP_SECONDS = 3.0
+WORKER_EXIT_GRACE_SECONDS = 1.0
 # A worker that dies within this many seconds of its start, this many times in a row, is a crash loop: the
 # supervisor exits 1 and leaves the restart to systemd (Restart=always, with its start limit).
 QUICK_DEATH_SECONDS = 5.0
@@ -85,6 +91,11 @@ class WorkerSettings:
     header_timeout: int
     counters_path: str
     started_at: float
+    # With defaults (the settings' own), so that other fields with defaults may come before or after them.
+    max_streams: int = funding_settings.API_MAX_STREAMS.parse(funding_settings.API_MAX_STREAMS.default)
+    stream_send_timeout_seconds: float = funding_settings.API_STREAM_SEND_TIMEOUT.parse(
+        funding_settings.API_STREAM_SEND_TIMEOUT.default
+    )
     history_db: str = ""
 
 
@@ -92,15 +103,31 @@ class WorkerSettings:
 
 
 def build_worker_app(settings: WorkerSettings, worker_id: int) -> Callable[..., Any]:
-    """The WSGI application of worker `worker_id` (from 1), with its state refresher running."""
-    from funding_api_app import ApiConfig, build_app  # noqa: PLC0415  (workers only: keeps the supervisor small)
+    """The RSGI application of worker `worker_id` (from 1): the WSGI application, the stream hub and the page, with
+    its state refresher running."""
+    from funding_api_app import ApiConfig, build_app, evaluate_health  # noqa: PLC0415  (workers only)
+    from funding_api_rsgi import RsgiFront  # noqa: PLC0415
+    from funding_api_stream import StreamConfig, StreamEndpoint, StreamHub  # noqa: PLC0415
+    from funding_api_ui import UiFiles  # noqa: PLC0415
     from funding_api_view import StateViews, ViewRefresher  # noqa: PLC0415
     from funding_history import HistoryReader  # noqa: PLC0415
     from funding_rest_budget import default_budget_path  # noqa: PLC0415
     from funding_state import StateReader  # noqa: PLC0415
 
     counter = SharedCounters(settings.counters_path, region=worker_id - 1)
-    views = StateViews(StateReader(settings.state_file), on_load=counter.count_load, on_error=counter.count_load_error)
+    view_listeners: List[Callable[[], None]] = []
+
+    def loaded() -> None:
+        counter.count_load()
+        for listener in view_listeners:
+            listener()
+
+    def load_failed() -> None:
+        counter.count_load_error()
+        for listener in view_listeners:
+            listener()
+
+    views = StateViews(StateReader(settings.state_file), on_load=loaded, on_error=load_failed)
     config = ApiConfig(
         stale_seconds=settings.stale_seconds,
         disconnect_grace_seconds=settings.disconnect_grace_seconds,
@@ -110,12 +137,46 @@ def build_worker_app(settings: WorkerSettings, worker_id: int) -> Callable[..., 
         history=HistoryReader(settings.history_db) if settings.history_db else None,
         history_budget_file=default_budget_path(settings.history_db) if settings.history_db else None,
     )
-    app = build_app(views, config, counter)
+    wsgi_app = build_app(views, config, counter)
+    stream_config = StreamConfig(
+        max_streams=settings.max_streams, send_timeout_seconds=settings.stream_send_timeout_seconds
+    )
+    hub = StreamHub(
+        views, stream_config, counter, lambda view, snap: evaluate_health(view, snap, time.time(), config).body
+    )
+    view_listeners.append(hub.notify)
+    ui = UiFiles(counter.count)
+    routes = {"/funding/stream": StreamEndpoint(hub, counter.count), "/ui": ui, "/ui/": ui}
+
+    def started(loop: Any) -> None:
+        exit_soon_after_sigterm()
+        hub.start(loop)
+
+    app = RsgiFront(wsgi_app, routes=routes, on_start=started)
     ViewRefresher(views, settings.poll_seconds).start()
     # Everything loaded so far lives as long as the process: keep the collector from scanning it on every reload.
     gc.freeze()
     counter.count_start()
     return app
+
+
+def exit_soon_after_sigterm() -> None:
+    """In a worker's event loop, after Granian set its own SIGTERM handling: exit WORKER_EXIT_GRACE_SECONDS after
+    SIGTERM even if Granian's shutdown hangs.
+
+    Granian's RSGI worker (2.5.7) sometimes never returns from its shutdown: its main thread waits in the Rust runtime
+    while holding the GIL that a runtime thread needs. Granian still gets the signal (asyncio's wakeup descriptor) and
+    stops accepting and finishes what is in flight; this handler only arms faulthandler's watchdog, a C thread that
+    needs no GIL and ends the process with _exit if it is still there.
+    """
+    import faulthandler  # noqa: PLC0415
+
+    sink = open(os.devnull, "w")  # noqa: SIM115 (kept for the watchdog's traceback until the process ends)
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        faulthandler.dump_traceback_later(WORKER_EXIT_GRACE_SECONDS, exit=True, file=sink)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def leave_with_parent(parent: int) -> None:
@@ -130,7 +191,7 @@ def leave_with_parent(parent: int) -> None:
 
 
 def granian_worker_arguments(header_timeout: int, workers: int) -> Dict[str, Any]:
-    """Granian's WSGI worker configuration (HTTP/1.1 only, bounded buffers, no access log)."""
+    """Granian's RSGI worker configuration (HTTP/1.1 only, bounded buffers, no access log)."""
     from granian.constants import HTTPModes, RuntimeModes, TaskImpl  # noqa: PLC0415
     from granian.http import HTTP1Settings  # noqa: PLC0415
 
@@ -156,14 +217,14 @@ def granian_worker_arguments(header_timeout: int, workers: int) -> Dict[str, Any
 
 
 def run_worker(settings: WorkerSettings, worker_id: int, workers: int, listen_fd: int) -> int:
-    """Serve on the inherited socket until SIGTERM (Granian's WSGI worker, as its own server runs it)."""
+    """Serve on the inherited socket until SIGTERM (Granian's RSGI worker, as its own server runs it)."""
     from granian._granian import SocketHolder  # noqa: PLC0415
     from granian._loops import loops  # noqa: PLC0415
     from granian.server.mp import MPServer  # noqa: PLC0415
 
     leave_with_parent(os.getppid())
     app = build_worker_app(settings, worker_id)
-    serve = MPServer._spawn_wsgi_worker.__wrapped__  # the worker body, without Granian's multiprocessing wrapper
+    serve = MPServer._spawn_rsgi_worker.__wrapped__  # the worker body, without Granian's multiprocessing wrapper
     arguments = granian_worker_arguments(settings.header_timeout, workers)
     serve(worker_id, app, SocketHolder(listen_fd, False, BACKLOG), loops.get("auto"), *arguments.values())
     # Leave without interpreter finalization, as Granian's own workers do (multiprocessing ends them with
@@ -425,6 +486,8 @@ def worker_settings(values: Dict[str, Any], counters_path: str, started_at: floa
         header_timeout=values[funding_settings.API_HEADER_TIMEOUT.env],
         counters_path=counters_path,
         started_at=started_at,
+        max_streams=values[funding_settings.API_MAX_STREAMS.env],
+        stream_send_timeout_seconds=values[funding_settings.API_STREAM_SEND_TIMEOUT.env],
         history_db=values[funding_settings.HISTORY_DB.env],
     )
 

@@ -232,6 +232,15 @@ API_HEADER_TIMEOUT = Setting(
     "FUNDING_API_HEADER_TIMEOUT", "30", "seconds a client has to send its request head before the connection is closed",
     positive_int,
 )
+API_MAX_STREAMS = Setting(
+    "FUNDING_API_MAX_STREAMS", "64",
+    "open /funding/stream connections over all API workers; one more is answered 503 with Retry-After", positive_int,
+)
+API_STREAM_SEND_TIMEOUT = Setting(
+    "FUNDING_API_STREAM_SEND_TIMEOUT_SECONDS", "10",
+    "a /funding/stream client that has had data waiting for it this long without catching up is dropped",
+    positive_float,
+)
 
 # --------------------------------------------------------------------------- health monitor
 API_URL = Setting("FUNDING_API_URL", "http://127.0.0.1:8888", "base URL of the local funding API", http_url)
