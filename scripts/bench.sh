@@ -26,4 +26,13 @@ ensure_wrk
 # The baseline must answer like our API, or the comparison is meaningless: check that first.
 log "bench/test_bench_smoke.py: the baseline and our API answer alike"
 "$VENV_DIR/bin/python" -m pytest -q -p no:cacheprovider "$REPO_ROOT/bench/test_bench_smoke.py" || exit 1
-exec "$VENV_DIR/bin/python" "$REPO_ROOT/bench/run.py" "$@"
+"$VENV_DIR/bin/python" "$REPO_ROOT/bench/run.py" "$@"
+status=$?
+# The settlement history's queries and size (bench/bench_history.py; BENCH_HISTORY_* options); BENCH_HISTORY=0 skips.
+if [[ "${BENCH_HISTORY:-1}" != "0" ]]; then
+  if [[ "${BENCH_QUICK:-0}" =~ ^(1|true|yes)$ ]]; then
+    export BENCH_HISTORY_SYMBOLS="${BENCH_HISTORY_SYMBOLS:-50}" BENCH_HISTORY_SETTLEMENTS="${BENCH_HISTORY_SETTLEMENTS:-1000}"
+  fi
+  "$VENV_DIR/bin/python" "$REPO_ROOT/bench/bench_history.py" || status=1
+fi
+exit "$status"

@@ -76,11 +76,12 @@ run_oldest_python() {
     echo "$want" >"$venv/.requirements.sha256"
   fi
   for program in roles/funding/files/binance_funding_ws_daemon.py roles/funding/files/funding_api_server.py \
-      roles/funding/files/funding_health_monitor.py roles/funding/files/funding_rest_comparison.py; do
+      roles/funding/files/funding_health_monitor.py roles/funding/files/funding_rest_comparison.py \
+      roles/funding/files/funding_history_recorder.py; do
     "$venv/bin/python" "$program" --help >/dev/null || { warn "$program --help fails on Python 3.9"; return 1; }
   done
   "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/test_feed.py tests/test_daemon_units.py \
-    tests/test_api_units.py tests/test_role_variables.py
+    tests/test_api_units.py tests/test_role_variables.py tests/test_terms.py tests/test_history_store.py
 }
 
 run_molecule() {

@@ -122,6 +122,11 @@ class SimulatorClient:
     def clear(self) -> Dict[str, Any]:
         return self._control("/_sim/clear")
 
+    def funding(self, symbol: Optional[str] = None) -> Dict[str, Any]:
+        """Settlements: ledger size, interval switches, fundingRate/fundingInfo requests, the shared bucket; with
+        `symbol`, that symbol's settled rows ({fundingTime, fundingRate, markPrice} as Binance sends them)."""
+        return self.get_json("/_sim/funding" + (f"?symbol={symbol}" if symbol else ""))
+
     def status(self) -> Dict[str, Any]:
         return self.get_json("/_sim/status")
 

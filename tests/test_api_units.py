@@ -156,8 +156,9 @@ def test_records_are_encoded_in_one_call_and_split_exactly_even_with_odd_symbol_
     for i, name in enumerate(odd):
         parsed = json.loads(records[name].encode(now))
         assert parsed["symbol"] == name and parsed["fundingRate"] == 0.0001 * i
-        assert list(parsed) == ["symbol", "markPrice", "fundingRate", "nextFundingTime", "indexPrice", "updatedAt",
-                                "ageSeconds"]
+        assert list(parsed) == ["symbol", "markPrice", "fundingRate", "nextFundingTime", "indexPrice",
+                                "fundingRateCap", "fundingRateFloor", "fundingRateAnnualized", "fundingRateHourly",
+                                "capUsage", "updatedAt", "ageSeconds", "secondsToFunding"]
 
 
 def test_a_number_orjson_cannot_encode_is_written_exactly():

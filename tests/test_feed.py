@@ -6,8 +6,10 @@ import json
 import math
 
 import funding_feed
+import funding_terms
 import pytest
 from funding_feed import MarkPriceUpdate, merge_updates, parse_frame, parse_item
+from funding_terms import FundingTerms, parse_funding_info
 
 NOW = 1_764_724_344.0
 E = 1_764_724_344_000
@@ -387,44 +389,122 @@ def test_new_symbols_beyond_the_limit_are_ignored_but_known_ones_update():
     assert sorted(state) == ["AUSDT", "BUSDT"] and state["AUSDT"]["markPrice"] == 7.0
 
 
-def test_funding_intervals_default_to_eight_hours_for_absent_symbols():
+def terms(hours, cap=None, floor=None):
+    return FundingTerms(hours, cap, floor)
+
+
+def test_funding_terms_default_to_eight_hours_and_no_bounds_for_absent_symbols():
     state = {}
-    merge_updates(state, [update("AUSDT"), update("BUSDT")], NOW, funding_intervals={"AUSDT": 4})
+    merge_updates(state, [update("AUSDT"), update("BUSDT")], NOW, funding_terms={"AUSDT": terms(4, 0.02, -0.02)})
     assert state["AUSDT"]["fundingIntervalHours"] == 4
+    assert (state["AUSDT"]["fundingRateCap"], state["AUSDT"]["fundingRateFloor"]) == (0.02, -0.02)
     assert state["BUSDT"]["fundingIntervalHours"] == 8
+    assert state["BUSDT"]["fundingRateCap"] is None and state["BUSDT"]["fundingRateFloor"] is None
 
 
-def test_without_funding_info_a_record_keeps_its_interval_or_has_none():
+def test_without_funding_info_a_record_keeps_its_terms_or_has_none():
     state = {}
     merge_updates(state, [update("AUSDT")], NOW)
-    assert "fundingIntervalHours" not in state["AUSDT"]
-    state["AUSDT"] = dict(state["AUSDT"], fundingIntervalHours=1)
+    assert "fundingIntervalHours" not in state["AUSDT"] and "fundingRateCap" not in state["AUSDT"]
+    state["AUSDT"] = dict(state["AUSDT"], fundingIntervalHours=1, fundingRateCap=0.005)
     merge_updates(state, [update("AUSDT", event_time=E + 1)], NOW + 1)
-    assert state["AUSDT"]["fundingIntervalHours"] == 1
+    assert state["AUSDT"]["fundingIntervalHours"] == 1 and state["AUSDT"]["fundingRateCap"] == 0.005
 
 
-def test_apply_funding_intervals_updates_existing_records():
+def test_apply_funding_terms_updates_existing_records_and_reports_interval_changes():
     state = {}
-    merge_updates(state, [update("AUSDT"), update("BUSDT")], NOW)
-    changed = funding_feed.apply_funding_intervals(state, {"AUSDT": 1})
-    assert changed == 2
+    merge_updates(state, [update("AUSDT"), update("BUSDT")], NOW, funding_terms={})
+    changed, changes = funding_feed.apply_funding_terms(state, {"AUSDT": terms(1, 0.005, -0.005)}, NOW + 10)
+    assert changed == 1
     assert state["AUSDT"]["fundingIntervalHours"] == 1 and state["BUSDT"]["fundingIntervalHours"] == 8
-    assert funding_feed.apply_funding_intervals(state, {"AUSDT": 1}) == 0
+    assert changes == [funding_feed.IntervalChange("AUSDT", 8, 1, int((NOW + 10) * 1000), "fundingInfo")]
+    assert state["AUSDT"]["fundingIntervalChangedAt"] == int((NOW + 10) * 1000)
+    assert funding_feed.apply_funding_terms(state, {"AUSDT": terms(1, 0.005, -0.005)}, NOW + 20) == (0, [])
+    merge_updates(state, [update("AUSDT", event_time=E + 5)], NOW + 30, funding_terms={"AUSDT": terms(1, 0.005)})
+    assert state["AUSDT"]["fundingIntervalChangedAt"] == int((NOW + 10) * 1000), "kept until the next change"
 
 
-def test_parse_funding_info_keeps_only_valid_entries():
+def test_parse_funding_info_keeps_valid_entries_with_caps_and_floors():
     body = [
-        {"symbol": "AUSDT", "adjustedFundingRateCap": "0.02", "fundingIntervalHours": 4},
+        {"symbol": "AUSDT", "adjustedFundingRateCap": "0.02", "adjustedFundingRateFloor": "-0.02",
+         "fundingIntervalHours": 4},
         {"symbol": "BUSDT", "fundingIntervalHours": 1},
+        {"symbol": "FUSDT", "adjustedFundingRateCap": "huge", "adjustedFundingRateFloor": "0.01",
+         "fundingIntervalHours": 8},
         {"symbol": "bad symbol", "fundingIntervalHours": 4},
         {"symbol": "CUSDT", "fundingIntervalHours": "4"},
         {"symbol": "DUSDT", "fundingIntervalHours": 0},
         {"symbol": "EUSDT", "fundingIntervalHours": True},
         "junk",
     ]
-    assert funding_feed.parse_funding_info(body) == {"AUSDT": 4, "BUSDT": 1}
+    parsed, bad = parse_funding_info(body)
+    assert parsed == {"AUSDT": terms(4, 0.02, -0.02), "BUSDT": terms(1), "FUSDT": terms(8)}
+    assert bad == 5
     with pytest.raises(ValueError):
-        funding_feed.parse_funding_info({"code": -1})
+        parse_funding_info({"code": -1})
+    with pytest.raises(ValueError, match="not one usable"):
+        parse_funding_info([{"symbol": "x"}, 3])
+    assert parse_funding_info([]) == ({}, 0)
+
+
+HOUR = 3_600_000
+T0 = 1_764_748_800_000  # a funding time (08:00 UTC)
+
+
+def settling_item(symbol="AUSDT", rate=0.0001, mark=10.0, next_time=T0, event_time=T0 - 2_000):
+    return MarkPriceUpdate(symbol, mark, mark, rate, next_time, event_time)
+
+
+def test_a_settlement_keeps_the_last_stream_value_before_it():
+    state = {}
+    merge_updates(state, [settling_item(rate=0.0003, mark=11.0, event_time=T0 - 1_000)], NOW, funding_terms={})
+    result = merge_updates(state, [settling_item(rate=0.0001, next_time=T0 + 8 * HOUR, event_time=T0 + 500)], NOW + 2,
+                           funding_terms={})
+    assert result.settlements == 1
+    assert state["AUSDT"]["lastSettlement"] == {"fundingTime": T0, "fundingRate": 0.0003, "markPrice": 11.0,
+                                                "eventTime": T0 - 1_000}
+    merge_updates(state, [settling_item(rate=0.0002, next_time=T0 + 8 * HOUR, event_time=T0 + 9_000)], NOW + 3,
+                  funding_terms={})
+    assert state["AUSDT"]["lastSettlement"]["fundingTime"] == T0, "kept until the next settlement"
+
+
+def test_a_value_too_long_before_the_settlement_is_not_kept_as_settled():
+    state = {}
+    merge_updates(state, [settling_item(event_time=T0 - funding_feed.STREAM_SETTLEMENT_MAX_GAP_MS - 1)], NOW)
+    result = merge_updates(state, [settling_item(next_time=T0 + 8 * HOUR, event_time=T0 + 500)], NOW + 2)
+    assert result.settlements == 1 and "lastSettlement" not in state["AUSDT"]
+
+
+def test_an_interval_change_is_seen_from_the_spacing_of_next_funding_time():
+    state = {}
+    eight = {"AUSDT": terms(8, 0.02, -0.02)}
+    merge_updates(state, [settling_item(event_time=T0 - 1_000)], NOW, funding_terms=eight)
+    result = merge_updates(state, [settling_item(next_time=T0 + HOUR, event_time=T0 + 300)], NOW + 1,
+                           funding_terms=eight)
+    assert result.revealed_intervals == {"AUSDT": 1}
+    assert result.interval_changes == [funding_feed.IntervalChange("AUSDT", 8, 1, T0, "nextFundingTime spacing")]
+    record = state["AUSDT"]
+    assert record["fundingIntervalHours"] == 1 and record["fundingIntervalChangedAt"] == T0
+    assert record["fundingRateCap"] == 0.02, "the bounds stay until fundingInfo says otherwise"
+
+
+def test_spacing_proves_nothing_after_missed_settlements_or_in_odd_units():
+    assert funding_terms.interval_from_spacing(T0, T0 + 8 * HOUR, T0 + 10) == 8
+    assert funding_terms.interval_from_spacing(T0, T0 + 4 * HOUR + 5, T0 + 10) == 4, "…005 ms funding times"
+    assert funding_terms.interval_from_spacing(T0, T0 + 16 * HOUR, T0 + 9 * HOUR) is None, "away across several"
+    assert funding_terms.interval_from_spacing(T0, T0 + 3 * HOUR, T0 + 10) is None, "not an interval Binance uses"
+    assert funding_terms.interval_from_spacing(T0, T0 + 16_000, T0 + 10) is None, "a fast simulated period"
+    assert funding_terms.interval_from_spacing(T0, T0 + HOUR, T0 - 10) is None, "no settlement yet"
+    assert funding_terms.interval_from_spacing(None, T0 + HOUR, T0 + 10) is None
+
+
+def test_a_restart_across_several_settlements_is_no_interval_change():
+    state = {}
+    eight = {"AUSDT": terms(8)}
+    merge_updates(state, [settling_item(event_time=T0 - 1_000)], NOW, funding_terms=eight)
+    result = merge_updates(state, [settling_item(next_time=T0 + 16 * HOUR, event_time=T0 + 9 * HOUR)], NOW + 1,
+                           funding_terms=eight)
+    assert result.interval_changes == [] and state["AUSDT"]["fundingIntervalHours"] == 8
 
 
 def test_restore_keeps_good_records_with_their_old_updated_at_and_drops_bad_ones():
@@ -457,3 +537,14 @@ def test_parse_and_merge_end_to_end_never_moves_a_mark_price_with_poison():
     merge_updates(state, result.updates, NOW + 1)
     assert result.items_rejected == len(poison)
     assert state["BTCUSDT"]["markPrice"] == 91520.0 and state["BTCUSDT"]["updatedAt"] == NOW
+
+
+def test_restore_keeps_terms_and_the_last_settlement_including_null_bounds():
+    old = {"AUSDT": {"fundingRate": 0.0001, "markPrice": 1.0, "updatedAt": 1000.0, "fundingIntervalHours": 8,
+                     "fundingRateCap": None, "fundingRateFloor": None, "fundingIntervalChangedAt": T,
+                     "lastSettlement": {"fundingTime": T, "fundingRate": 0.0002, "markPrice": 1.0, "eventTime": T - 1}},
+           "BUSDT": {"markPrice": 1.0, "updatedAt": 1000.0, "lastSettlement": {"fundingTime": "x"}}}
+    restored, dropped = funding_feed.restore_funding_state(old)
+    assert dropped == 0
+    assert restored["AUSDT"] == old["AUSDT"]
+    assert "lastSettlement" not in restored["BUSDT"], "a malformed settlement is left out"

@@ -28,6 +28,7 @@ from fakes.support import (
     run_program,
     write_state,
 )
+from funding_history import HistoryWriter, Settlement
 
 BANNER = "=" * 100
 HEADER = re.compile(r"^Funding Data Health Check - \d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$")
@@ -678,3 +679,41 @@ def test_fake_systemctl_refuses_a_restart_without_sudo(systemd):
     result = run_fake([str(FAKE_SYSTEMCTL), "restart", WS_UNIT], systemd)
     assert result.returncode != 0 and "Access denied" in result.stderr
 
+
+
+# --- the settlement history ---------------------------------------------------------------------------------------
+
+
+def _history_with_last_settlement(path: Path, funding_time: int) -> None:
+    with HistoryWriter(str(path)) as writer:
+        writer.add_rest([Settlement("BTCUSDT", funding_time, 0.0001, 90000.0, "rest")], funding_time)
+
+
+def _state_with_one_hour_symbol(market, settled_ms: int) -> Dict[str, Any]:
+    payload = daemon_state(market)
+    record = payload["funding_state"]["BTCUSDT"]
+    record.update(fundingIntervalHours=1, nextFundingTime=settled_ms + 3_600_000,
+                  lastSettlement={"fundingTime": settled_ms, "fundingRate": 0.0001, "markPrice": 90000.0,
+                                  "eventTime": settled_ms - 1000})
+    return payload
+
+
+def test_a_history_more_than_two_intervals_behind_is_a_warning_not_an_error(monitor, market, tmp_path):
+    settled = (int(time.time()) // 3600) * 3_600_000
+    monitor.write(_state_with_one_hour_symbol(market, settled))
+    db = tmp_path / "history.sqlite3"
+    _history_with_last_settlement(db, settled - 3 * 3_600_000)
+    result, report = monitor.report(FUNDING_HISTORY_DB=str(db))
+    assert result.returncode == 0, "the live feed is healthy"
+    lagging = [w for w in report["warnings"] if w.startswith("Settlement history lags")]
+    assert len(lagging) == 1 and "10800 s behind" in lagging[0] and "(7200 s)" in lagging[0], report["warnings"]
+
+
+def test_a_history_within_two_intervals_is_reported_as_info(monitor, market, tmp_path):
+    settled = (int(time.time()) // 3600) * 3_600_000
+    monitor.write(_state_with_one_hour_symbol(market, settled))
+    db = tmp_path / "history.sqlite3"
+    _history_with_last_settlement(db, settled - 3_600_000)
+    result, report = monitor.report(FUNDING_HISTORY_DB=str(db))
+    assert not [w for w in report["warnings"] if "Settlement history" in w]
+    assert any(i.startswith("Settlement history: newest settlement") and "3600 s behind" in i for i in report["info"])

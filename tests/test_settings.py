@@ -9,6 +9,7 @@ import sys
 import binance_funding_ws_daemon
 import funding_api_server
 import funding_health_monitor
+import funding_history_recorder
 import funding_rest
 import funding_rest_comparison
 import funding_settings
@@ -27,6 +28,7 @@ PROGRAMS = {
     "funding_api_server.py": funding_api_server,
     "funding_health_monitor.py": funding_health_monitor,
     "funding_rest_comparison.py": funding_rest_comparison,
+    "funding_history_recorder.py": funding_history_recorder,
 }
 
 
@@ -67,7 +69,7 @@ def test_every_value_of_the_rendered_env_file_parses_in_every_program_and_equals
 def test_rest_url_off_parses_the_same_in_every_program_that_reads_it():
     readers = [name for name, module in PROGRAMS.items()
                if any(s.env == "FUNDING_REST_URL" for s in module.SETTINGS)]
-    assert len(readers) == 3
+    assert len(readers) == 4
     for name in readers:
         values = resolve(PROGRAMS[name].SETTINGS, {"FUNDING_REST_URL": "off"})
         assert values["FUNDING_REST_URL"] is None, name

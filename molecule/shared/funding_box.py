@@ -13,7 +13,8 @@ import yaml
 API = "http://127.0.0.1:8888"
 SIMULATOR = "http://127.0.0.1:9000"
 UNITS = ("binance-funding-ws.service", "binance-funding-api.service")
-ALL_UNITS = UNITS + ("binance-funding-api.socket", "funding-health-check.service", "funding-health-check.timer")
+ALL_UNITS = UNITS + ("binance-funding-api.socket", "funding-health-check.service", "funding-health-check.timer",
+                     "funding-history-recorder.service", "funding-history-recorder.timer")
 
 
 ROLE_DEFAULTS = Path(__file__).resolve().parents[2] / "roles" / "funding" / "defaults" / "main.yml"

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -310,3 +311,39 @@ def test_check_mode_on_the_converged_host_changes_nothing_and_fails_nothing(host
     assert result.returncode == 0 and recap, result.stdout[-3000:] + result.stderr[-2000:]
     counts = dict(item.split("=") for item in recap.group(1).split())
     assert (counts["changed"], counts["failed"], counts["unreachable"]) == ("0", "0", "0"), recap.group(0)
+
+
+def test_history_serves_the_rates_the_simulator_settled_after_a_settlement_in_the_box(host):
+    started_ms = int(time.time() * 1000)
+    symbol = "BTCUSDT"
+
+    def settled_after_start():
+        settled = get_json(host, SIMULATOR + "/_sim/funding?symbol=" + symbol)[1]["rows"]
+        return [r for r in settled if r["fundingTime"] > started_ms]
+
+    wait_for(settled_after_start, timeout=120, what="a settlement of %s after the test started" % symbol)
+
+    def recorded_from_rest():
+        # The timer runs the recorder every minute; run it now rather than wait.
+        run = host.run("systemctl start funding-history-recorder.service")
+        assert run.rc == 0, run.stderr + journal(host, "funding-history-recorder")
+        status, body = get_json(host, API + "/funding/%s/history?since=%d" % (symbol, started_ms))
+        assert status == 200, body
+        rows = body["data"]
+        return rows and all(r["source"] == "rest" for r in rows) and rows
+
+    rows = wait_for(recorded_from_rest, timeout=120, interval=5, what="%s's new settlement confirmed by REST" % symbol)
+    # Keyed by settlement: Binance (and the simulator) report some funding times a few ms late.
+    settled = {(r["fundingTime"] + 500) // 1000 * 1000: (float(r["fundingRate"]), float(r["markPrice"]))
+               for r in get_json(host, SIMULATOR + "/_sim/funding?symbol=" + symbol)[1]["rows"]}
+    for row in rows:
+        assert settled[row["fundingTime"]] == (row["fundingRate"], row["markPrice"]), row
+    status, body = get_json(host, API + "/funding/%s/history?limit=1000" % symbol)
+    assert status == 200 and body["count"] > len(rows), "the backfill is there too"
+    assert all(settled[r["fundingTime"]] == (r["fundingRate"], r["markPrice"]) for r in body["data"]
+               if r["source"] == "rest")
+    status, health = get_json(host, API + "/funding/health")
+    assert health["history"]["error"] is None and health["history"]["lagging"] is False, health["history"]
+    box = deployment(host)
+    db = host.file("%s/funding-history.sqlite3" % box["funding_state_dir"])
+    assert db.exists and db.user == box["funding_user"]

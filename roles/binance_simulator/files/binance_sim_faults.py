@@ -14,15 +14,17 @@ import re
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 SWITCH_FAULTS = ("stall", "refuse", "malformed", "poison", "rest_outage", "rest_garbage", "freeze",
-                 "exchange_info_outage", "exchange_info_garbage", "subscribe_error", "array_tradfi")
-ONE_SHOT_FAULTS = ("drop", "list", "delist")
+                 "exchange_info_outage", "exchange_info_garbage", "subscribe_error", "array_tradfi",
+                 "funding_rest_limit")
+ONE_SHOT_FAULTS = ("drop", "list", "delist", "funding_rate")
 FAULT_NAMES = ("drop", "stall", "refuse", "malformed", "poison", "rotate", "rest_outage", "rest_skew",
                "rest_garbage", "freeze", "list", "delist", "exchange_info_outage", "exchange_info_garbage",
-               "subscribe_error", "array_tradfi")
+               "subscribe_error", "array_tradfi", "funding_rate", "funding_rest_limit")
 # The parameter a bare `--fault NAME=VALUE` sets.
 PRIMARY_PARAMETER = {"drop": "mode", "rotate": "after", "rest_skew": "percent", "poison": "oversize_every",
                      "list": "symbol", "delist": "symbol", "exchange_info_outage": "mode",
-                     "exchange_info_garbage": "kind", "subscribe_error": "code", "array_tradfi": "underlyingType"}
+                     "exchange_info_garbage": "kind", "subscribe_error": "code", "array_tradfi": "underlyingType",
+                     "funding_rate": "symbol", "funding_rest_limit": "status"}
 DROP_MODES = ("abrupt", "close")
 EXCHANGE_INFO_OUTAGE_MODES = ("503", "500", "429", "reset", "hang")
 EXCHANGE_INFO_GARBAGE_KINDS = ("html", "truncated", "not_object", "no_symbols", "empty", "no_perpetuals",
@@ -134,6 +136,18 @@ class FaultState:
             action["code"] = int(_as_number(params.pop("code", DEFAULT_SUBSCRIBE_ERROR_CODE), "code", -100000, 100000))
             action["msg"] = str(params.pop("msg", "Invalid request: subscription refused (simulated)"))[:200]
             action["count"] = int(_as_number(params.pop("count", 0), "count", 0, 1_000_000))
+        elif name == "funding_rate":
+            symbol = str(params.pop("symbol", "") or "").strip().upper()
+            if not SYMBOL_PATTERN.match(symbol):
+                raise FaultError(f"funding_rate: symbol is required (like BTCUSDT), got {symbol!r}")
+            action["symbol"] = symbol
+            action["rate"] = _as_number(params.pop("rate", None), "rate", -0.5, 0.5)
+        elif name == "funding_rest_limit":
+            status = int(_as_number(params.pop("status", 429), "status", 418, 429))
+            if status not in (418, 429):
+                raise FaultError("status: expected 429 or 418")
+            action["status"] = status
+            action["retry_after"] = int(_as_number(params.pop("retry_after", 30), "retry_after", 0, 3 * 86400))
         elif name == "array_tradfi":
             kinds = str(params.pop("underlyingType", "ALL")).upper().split(",")
             for kind in kinds:

@@ -11,6 +11,7 @@ import math
 import random
 from typing import Any, Dict, Iterable, List, Optional
 
+from binance_sim_funding import FundingClock, FundingLedger, late_ms, prefill, switch_interval
 from binance_sim_universe import (
     ASSETS,
     BASELINE_FUNDING_RATE,
@@ -84,8 +85,11 @@ class Market:
 
     shard_count = 2
 
-    def __init__(self, seed: int, symbol_count: int, now_ms: int, tradfi_count: Optional[int] = None) -> None:
+    def __init__(self, seed: int, symbol_count: int, now_ms: int, tradfi_count: Optional[int] = None, *,
+                 funding_period_seconds: Optional[float] = None, funding_history_hours: float = 0.0) -> None:
         self.seed = seed
+        self.funding_clock = FundingClock(funding_period_seconds)
+        self.ledger = FundingLedger()
         self.rng = random.Random(seed ^ 0x5EED)
         self.listing_rng = random.Random(seed ^ 0x11571)
         universe = build_universe(seed, symbol_count, tradfi_count)
@@ -103,6 +107,9 @@ class Market:
         for spec in self.specs.values():
             self._add_quote(spec, now_ms)
         self._rebuild_array()
+        if funding_history_hours > 0:
+            prefill(self.ledger, self.specs.values(), self.funding_clock, now_ms, hours=funding_history_hours,
+                    seed=seed)
 
     def _add_quote(self, spec: SymbolSpec, now_ms: int) -> None:
         self.shards[spec.shard].append(spec.symbol)
@@ -233,6 +240,8 @@ class Market:
         for symbol in self.shards[shard]:
             spec = self.specs[symbol]
             quote = self.quotes[symbol]
+            if quote.next_funding_time and now_ms >= quote.next_funding_time and spec.funded:
+                self.settle(spec, quote, now_ms)
             deviation = math.log(quote.mark / spec.base_price)
             step = gauss(0.0, spec.volatility) - 0.002 * deviation
             quote.mark = spec.base_price * math.exp(max(-0.5, min(0.5, deviation + step)))
@@ -255,7 +264,7 @@ class Market:
             quote.next_funding_time = 0
         else:
             quote.rate_text = format_rate(quote.rate)
-            quote.next_funding_time = next_funding_time_ms(now_ms, spec.funding_interval_hours)
+            quote.next_funding_time = self.funding_clock.next_time(now_ms, spec.funding_interval_hours)
         item: Dict[str, Any] = {
             "e": "markPriceUpdate",
             "E": now_ms,
@@ -272,6 +281,36 @@ class Market:
             del item["i"]
         quote.item = item
         quote.encoded = ""
+
+    # --- funding -----------------------------------------------------------------------------------------------
+
+    def settle(self, spec: SymbolSpec, quote: Quote, now_ms: int) -> None:
+        """Every funding time up to now: the live rate (last published) is settled; T moves on by the interval."""
+        funding_time = quote.next_funding_time
+        while 0 < funding_time <= now_ms:
+            if spec.trading_perpetual:  # COIN-M rows on the array keep their T moving, but USDⓈ-M REST has no rows
+                self.ledger.record(spec.symbol, funding_time + late_ms(spec.symbol), quote.rate_text, quote.mark_text)
+                self.ledger.settled_live += 1
+                switch_interval(spec, float(quote.rate_text), self.ledger, funding_time)
+            funding_time = self.funding_clock.next_time(funding_time, spec.funding_interval_hours)
+        quote.next_funding_time = funding_time
+
+    def set_funding_rate(self, symbol: str, rate: float, now_ms: int) -> SymbolSpec:
+        """Hold a symbol's rate at `rate` (clamped to its cap and floor) from now on; published at once."""
+        spec = self.specs.get(symbol)
+        if spec is None or not spec.trading_perpetual:
+            raise MarketError(f"{symbol} is not a trading perpetual")
+        quote = self.quotes[symbol]
+        quote.rate = max(-spec.funding_cap, min(spec.funding_cap, rate))
+        spec.funding_target = quote.rate
+        spec.sticky_funding = True
+        self._publish(spec, quote, now_ms)
+        self._encoded.pop(spec.shard, None)
+        return spec
+
+    def funding_rates(self, symbol: Optional[str], start: Optional[int], end: Optional[int], limit: int,
+                      now_ms: int) -> List[Dict[str, Any]]:
+        return self.ledger.query(symbol, start, end, limit, now_ms)
 
     # --- wire formats -------------------------------------------------------------------------------------------
 

@@ -11,7 +11,10 @@ WebSocket:  /market/stream?streams=NAME[/NAME...]            combined frames {"s
             per connection (a SUBSCRIBE beyond is refused with code 2 and adds nothing)
             /stream?streams=...  /ws/...                        legacy paths: accepted, then silent forever
 REST:       /fapi/v1/exchangeInfo  /fapi/v1/premiumIndex[?symbol=]  /fapi/v1/fundingInfo  /fapi/v1/ping  /fapi/v1/time
+            /fapi/v1/fundingRate[?symbol=&startTime=&endTime=&limit=]  (settled rates; fundingInfo and fundingRate
+            share 500 requests / 5 min: 429 with Retry-After, then 418)
 Control:    GET /_sim/status  GET /_sim/symbols[?symbols=A,B|?all=1]  GET /_sim/universe  GET /_sim/connections
+            GET /_sim/funding[?symbol=S]  (ledger, interval switches, fundingRate/fundingInfo requests and bucket)
             POST /_sim/fault {"fault": NAME, ...}  POST /_sim/clear  POST /_sim/counters/reset  (loopback only)
 
 Faults (switches stay on until turned off with on=false or POST /_sim/clear; * marks one-shot actions):
@@ -25,6 +28,9 @@ Faults (switches stay on until turned off with on=false or POST /_sim/clear; * m
         malformed_entries|shrunk
   subscribe_error code=N msg=TEXT count=K       (SUBSCRIBE answered with that error, nothing added; K>0: K times)
   array_tradfi underlyingType=ALL|EQUITY|COMMODITY|INDEX[,...]   (TradFi rows appear on the array too)
+  funding_rate* symbol=S rate=R                 (hold S's live rate at R, clamped to its cap: at the cap, the next
+                                                settlement switches S to 1 h)
+  funding_rest_limit status=429|418 retry_after=S   (fundingInfo and fundingRate refused with that status)
 Listings and delistings change the market: clearing the faults does not undo them.
 
 Every option can also be set by a SIM_* environment variable; flags win.
@@ -58,6 +64,9 @@ from binance_sim_faults import (
     parse_fault_flag,
     poisoned_items,
 )
+from binance_sim_funding import QueryError as FundingQueryError
+from binance_sim_funding import RestBucket
+from binance_sim_funding import parse_query as parse_funding_query
 from binance_sim_market import Market, MarketError
 from binance_sim_streams import (
     ARRAY_STREAM_NAMES,
@@ -120,6 +129,16 @@ def _optional_seconds(text: str) -> Optional[float]:
     return _positive_seconds(text)
 
 
+def _non_negative_hours(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or not 0 <= value <= 24 * 400:
+        raise argparse.ArgumentTypeError(f"must be 0..9600 hours, got {text!r}")
+    return value
+
+
 def _whole_number(low: int, high: int, what: str) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
@@ -135,6 +154,7 @@ def _whole_number(low: int, high: int, what: str) -> Callable[[str], int]:
 
 _port = _whole_number(0, 65535, "a port number")
 _symbol_count = _whole_number(1, 20_000, "an integer")
+_request_limit = _whole_number(1, 1_000_000, "a number of requests")
 
 
 def _optional_count(text: str) -> Optional[int]:
@@ -187,6 +207,12 @@ OPTIONS = (
     ("--connection-lifetime", "SIM_CONNECTION_LIFETIME", "86400", _positive_seconds,
      "seconds after which the server closes a connection (Binance: 24 h)"),
     ("--log-level", "SIM_LOG_LEVEL", "INFO", _log_level, "DEBUG, INFO, WARNING or ERROR"),
+    ("--funding-period-seconds", "SIM_FUNDING_PERIOD_SECONDS", "0", _optional_seconds,
+     "seconds one funding hour lasts (0: a real hour); an 8 h symbol then settles every 8 x this"),
+    ("--funding-history-hours", "SIM_FUNDING_HISTORY_HOURS", "168", _non_negative_hours,
+     "funding hours of settlements the ledger holds at start (what a backfill finds)"),
+    ("--funding-rest-limit", "SIM_FUNDING_REST_LIMIT", "500", _request_limit,
+     "requests per 5 minutes that fundingInfo and fundingRate share (then 429, then 418)"),
 )
 
 
@@ -245,6 +271,7 @@ def stream_route(path: str, query: Dict[str, List[str]]) -> Optional[StreamRoute
 
 
 REST_WEIGHTS = {"/fapi/v1/exchangeInfo": 1, "/fapi/v1/premiumIndex": 1, "/fapi/v1/fundingInfo": 1,
+                "/fapi/v1/fundingRate": 1,
                 "/fapi/v1/ping": 1, "/fapi/v1/time": 1}
 
 
@@ -394,6 +421,9 @@ class Simulator:
         self.closed_by_cause: Dict[str, int] = {}
         self.handshakes_refused = 0
         self.rest_requests = 0
+        self.funding_bucket = RestBucket(config.funding_rest_limit)
+        self.funding_requests = {"fundingInfo": 0, "fundingRate": 0}
+        self.funding_refused: Dict[str, int] = {}
         self.port = 0
         self._background: Set[asyncio.Task] = set()
 
@@ -470,8 +500,8 @@ class Simulator:
             return self._respond(connection, 200, {})
         if path == "/fapi/v1/time":
             return self._respond(connection, 200, {"serverTime": _now_ms()})
-        if path == "/fapi/v1/fundingInfo":
-            return self._respond(connection, 200, self.market.funding_info())
+        if path in ("/fapi/v1/fundingInfo", "/fapi/v1/fundingRate"):
+            return self._funding_rest(connection, path, query)
         if path == "/fapi/v1/premiumIndex":
             skew = self.faults.skew_percent
             if "symbol" not in query:
@@ -486,6 +516,50 @@ class Simulator:
                 return self._respond(connection, 400, {"code": -1121, "msg": "Invalid symbol."})
             return self._respond(connection, 200, self.market.premium_index_entry(symbol, skew))
         return self._respond(connection, 404, {"code": -1, "msg": f"Not found: {path}"})
+
+    def _funding_rest(self, connection: ServerConnection, path: str, query: Dict[str, List[str]]) -> Any:
+        """fundingInfo and fundingRate: one shared bucket (429, then 418), and the funding_rest_limit fault."""
+        if self.faults.is_on("funding_rest_limit"):
+            status = int(self.faults.param("funding_rest_limit", "status", 429))
+            retry_after = int(self.faults.param("funding_rest_limit", "retry_after", 30))
+        else:
+            status, retry_after = self.funding_bucket.admit()
+        if status != 200:
+            self.funding_refused[str(status)] = self.funding_refused.get(str(status), 0) + 1
+            msg = ("Way too many requests; IP banned until later." if status == 418 else
+                   "Too many requests; current limit of IP is 500 requests per 5 minutes.")
+            response = self._respond(connection, status, {"code": -1003, "msg": msg})
+            response.headers["Retry-After"] = str(retry_after)
+            return response
+        name = path.rsplit("/", 1)[1]
+        self.funding_requests[name] += 1
+        if name == "fundingInfo":
+            return self._respond(connection, 200, self.market.funding_info())
+        try:
+            symbol, start, end, limit = parse_funding_query(query)
+        except FundingQueryError as exc:
+            return self._respond(connection, 400, {"code": exc.code, "msg": exc.msg})
+        if symbol is not None and symbol not in self.market.ledger.by_symbol and not self.market.rest_symbol(symbol):
+            return self._respond(connection, 400, {"code": -1121, "msg": "Invalid symbol."})
+        return self._respond(connection, 200, self.market.funding_rates(symbol, start, end, limit, _now_ms()))
+
+    def funding_status(self, symbol: Optional[str]) -> Dict[str, Any]:
+        ledger = self.market.ledger
+        body: Dict[str, Any] = {
+            "periodSeconds": self.config.funding_period_seconds,
+            "hourMs": self.market.funding_clock.hour_ms,
+            "ledgerRows": len(ledger.rows),
+            "settledLive": ledger.settled_live,
+            "lastFundingTime": ledger.rows[-1][0] if ledger.rows else None,
+            "intervalSwitches": list(ledger.interval_switches),
+            "requests": dict(self.funding_requests),
+            "refused": dict(self.funding_refused),
+            "bucket": self.funding_bucket.describe(),
+        }
+        if symbol is not None:
+            body["symbol"] = symbol
+            body["rows"] = ledger.symbol_rows(symbol)
+        return body
 
     def _exchange_info(self, connection: ServerConnection) -> Any:
         self.exchange_info_requests += 1
@@ -537,6 +611,9 @@ class Simulator:
             else:  # what exchangeInfo lists; the COIN-M rows only with ?all=1 or by name
                 wanted = [symbol for symbol, spec in self.market.specs.items() if spec.listed]
             return self._respond(connection, 200, self.market.snapshot(wanted))
+        if path == "/_sim/funding" and method == "GET":
+            symbol = query.get("symbol", [""])[-1].strip().upper() or None
+            return self._respond(connection, 200, self.funding_status(symbol))
         if path == "/_sim/universe" and method == "GET":
             return self._respond(connection, 200, self.market.universe())
         if path == "/_sim/connections" and method == "GET":
@@ -560,7 +637,7 @@ class Simulator:
             except FaultError as exc:
                 return self._respond(connection, 400, {"error": str(exc)})
             return self._respond(connection, 200, {"ok": True, "action": action, "faults": self.faults.describe()})
-        if path in ("/_sim/status", "/_sim/symbols", "/_sim/clear", "/_sim/fault", "/_sim/universe",
+        if path in ("/_sim/status", "/_sim/symbols", "/_sim/clear", "/_sim/fault", "/_sim/universe", "/_sim/funding",
                     "/_sim/connections", "/_sim/counters/reset"):
             return self._respond(connection, 405, {"error": f"method {method} not allowed on {path}"})
         return self._respond(connection, 404, {"error": f"unknown control path {path}"})
@@ -588,6 +665,11 @@ class Simulator:
         action = self.faults.apply(name, params)
         if name in ("list", "delist") and action["on"]:
             self._change_listing(action)
+        if name == "funding_rate" and action["on"]:
+            try:
+                self.market.set_funding_rate(action["symbol"], action["rate"], _now_ms())
+            except MarketError as exc:
+                raise FaultError(str(exc)) from None
         LOG.info("fault %s [%s]", fault_summary(action), source)
         if name == "subscribe_error":
             self.subscribe_errors_left = int(action.get("count", 0)) if action["on"] else 0
@@ -953,6 +1035,9 @@ class Simulator:
             "marketTicks": self.market.ticks,
             "frozen": self.market.frozen,
             "restRequests": self.rest_requests,
+            "fundingRestRequests": dict(self.funding_requests),
+            "fundingBucket": self.funding_bucket.describe(),
+            "settledLive": self.market.ledger.settled_live,
             "exchangeInfoRequests": self.exchange_info_requests,
             "restRequestsByPath": dict(self.rest_by_path),
             "restWeight": self.rest_weight_total,
@@ -1016,7 +1101,9 @@ def _write_port_file(path: str, port: int) -> None:
 
 
 async def run(config: argparse.Namespace) -> int:
-    market = Market(config.seed, config.symbols, _now_ms(), config.tradfi)
+    market = Market(config.seed, config.symbols, _now_ms(), config.tradfi,
+                    funding_period_seconds=config.funding_period_seconds,
+                    funding_history_hours=config.funding_history_hours)
     simulator = Simulator(config, market, FaultState())
     for name, params in config.fault:
         simulator.apply_fault(name, params, "command line")

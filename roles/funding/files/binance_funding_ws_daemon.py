@@ -34,6 +34,7 @@ import funding_settings
 import funding_state
 import funding_subscriptions
 import funding_systemd
+import funding_terms
 import funding_universe
 import requests
 import websocket
@@ -89,7 +90,7 @@ class FeedState:
         self.changed = threading.Event()
         self.funding = funding
         self.status = status
-        self.funding_intervals: Optional[Dict[str, int]] = None
+        self.funding_terms: Optional[Dict[str, funding_terms.FundingTerms]] = None
         self.items_accepted = 0
         self.contracts: Optional[Dict[str, Dict[str, str]]] = None  # the universe; None while unknown
         self.universe_symbols: Optional[FrozenSet[str]] = None
@@ -100,6 +101,8 @@ class FeedState:
         self.array_seen: Dict[str, float] = {}  # monotonic time the all-market array last delivered each symbol
         self.array_frames = 0  # all-market frames with at least one valid item, on any connection
         self._universe_json: Optional[funding_state.EncodedJson] = None
+        # Set when a settlement's T spacing revealed an interval fundingInfo did not say: refresh the terms early.
+        self.terms_suspect = threading.Event()
 
     def update_status(self, **values: Any) -> None:
         with self.lock:
@@ -127,6 +130,7 @@ class FeedState:
             status["items_rejected"] += result.items_rejected
             status["items_skipped_no_funding"] += result.items_skipped_no_funding
             stored = 0
+            changes: List[funding_feed.IntervalChange] = []
             updates = result.updates
             if updates and not result.per_symbol:
                 self.array_frames += 1
@@ -148,14 +152,19 @@ class FeedState:
                             symbol, None, self.excluded)
                         status[key] = status.get(key, 0) + 1
             if updates:
-                merge = funding_feed.merge_updates(self.funding, updates, now, self.funding_intervals,
+                merge = funding_feed.merge_updates(self.funding, updates, now, self.funding_terms,
                                                    contracts=self.contracts)
                 stored = merge.accepted
                 status["items_out_of_order"] += merge.out_of_order
                 status["items_rejected"] += merge.over_symbol_limit
                 status["last_message_time"] = now
                 self.items_accepted += stored
+                changes = merge.interval_changes
+                status["interval_changes"] += len(changes)
+                if merge.revealed_intervals and self.funding_terms is not None:
+                    self._adopt_revealed(merge.revealed_intervals)
         self.changed.set()
+        log_interval_changes(changes)
         return result, stored
 
     def _count_ignored(self, updates: List[funding_feed.MarkPriceUpdate], universe: FrozenSet[str]) -> None:
@@ -166,11 +175,28 @@ class FeedState:
                 update.symbol, update.market_marker, self.excluded)
             self.status[key] = self.status.get(key, 0) + 1
 
-    def set_funding_intervals(self, intervals: Dict[str, int]) -> int:
+    def _adopt_revealed(self, revealed: Dict[str, int]) -> None:
+        """Later items of a symbol keep the interval its T spacing proved, until fundingInfo says otherwise."""
+        assert self.funding_terms is not None
+        terms = None
+        for symbol, hours in revealed.items():
+            known = funding_terms.terms_for(symbol, self.funding_terms)
+            if known is not None and known.interval_hours != hours:
+                if terms is None:
+                    terms = dict(self.funding_terms)  # replaced, never mutated: the refresher may hold the old one
+                terms[symbol] = funding_terms.FundingTerms(hours, known.cap, known.floor)
+        if terms is not None:
+            self.funding_terms = terms
+            self.terms_suspect.set()
+
+    def set_funding_terms(self, terms: Dict[str, funding_terms.FundingTerms]) -> int:
         with self.lock:
-            self.funding_intervals = intervals
-            changed = funding_feed.apply_funding_intervals(self.funding, intervals)
+            self.funding_terms = terms
+            changed, changes = funding_feed.apply_funding_terms(self.funding, terms, time.time())
+            self.status["interval_changes"] += len(changes)
+            self.status["last_funding_info_time"] = time.time()
         self.changed.set()
+        log_interval_changes(changes)
         return changed
 
     def apply_universe(self, universe: funding_universe.Universe, fetched_at: float,
@@ -1001,8 +1027,21 @@ class Supervisor:
                                 last_disconnect_reason="daemon stopping", stream_connections=0, symbol_streams=0)
 
 
+def log_interval_changes(changes: List[funding_feed.IntervalChange]) -> None:
+    for change in changes:
+        log.info("funding interval changed: symbol=%s from_hours=%d to_hours=%d at_ms=%d seen_in=%s",
+                 change.symbol, change.old_hours, change.new_hours, change.at_ms, change.how.replace(" ", "_"))
+
+
 class FundingIntervalRefresher(threading.Thread):
-    """Fetches /fapi/v1/fundingInfo at start and then periodically; failures are only logged."""
+    """Fetches /fapi/v1/fundingInfo (intervals, caps, floors) at start and then periodically.
+
+    REST budget: one request per FUNDING_INTERVALS_REFRESH_SECONDS; after a failure, or when a settlement's T
+    spacing contradicted the terms (feed.terms_suspect), one more no sooner than FUNDING_INFO_RETRY_SECONDS after
+    the last: at most one request per 5 minutes in the bucket fundingInfo shares with fundingRate (README).
+    A garbage or partial answer keeps the last good terms; it is counted (funding_info_errors) and logged once
+    per episode.
+    """
 
     def __init__(self, rest_url: str, refresh_seconds: float, timeout: float, feed: FeedState) -> None:
         super().__init__(name="funding-info", daemon=True)
@@ -1011,28 +1050,48 @@ class FundingIntervalRefresher(threading.Thread):
         self.timeout = timeout
         self.feed = feed
         self.stop_requested = threading.Event()
+        self._failing = False
+        self._partial = False
 
     def run(self) -> None:
         while not self.stop_requested.is_set():
             ok = self.refresh_once()
             wait = self.refresh_seconds if ok else min(self.refresh_seconds, FUNDING_INFO_RETRY_SECONDS)
-            self.stop_requested.wait(wait)
+            deadline = time.monotonic() + wait
+            earliest = time.monotonic() + min(wait, FUNDING_INFO_RETRY_SECONDS)
+            while not self.stop_requested.is_set() and time.monotonic() < deadline:
+                if self.feed.terms_suspect.is_set() and time.monotonic() >= earliest:
+                    break
+                self.stop_requested.wait(min(1.0, max(0.0, deadline - time.monotonic())))
+            self.feed.terms_suspect.clear()
 
     def refresh_once(self) -> bool:
         try:
             response = requests.get(self.url, timeout=self.timeout)
             response.raise_for_status()
-            intervals = funding_feed.parse_funding_info(response.json())
+            terms, bad = funding_terms.parse_funding_info(response.json())
         except (requests.RequestException, ValueError) as exc:
-            log.warning("fundingInfo from %s failed: %s; fundingIntervalHours kept as it was", self.url,
-                        describe_error(exc))
+            self.feed.increment_status("funding_info_errors")
+            if not self._failing:
+                log.warning("fundingInfo from %s failed: %s; the last good funding terms are kept (repeats are "
+                            "counted in funding_info_errors until it answers again)", self.url, describe_error(exc))
+            self._failing = True
             return False
-        changed = self.feed.set_funding_intervals(intervals)
+        if bad:
+            self.feed.increment_status("funding_info_errors")
+            if not self._partial:
+                log.warning("fundingInfo: %d unusable entries left out (those symbols keep the default terms; "
+                            "repeats are counted in funding_info_errors)", bad)
+        self._partial = bool(bad)
+        if self._failing:
+            log.info("fundingInfo from %s answers again", self.url)
+            self._failing = False
+        changed = self.feed.set_funding_terms(terms)
         by_hours: Dict[int, int] = {}
-        for hours in intervals.values():
-            by_hours[hours] = by_hours.get(hours, 0) + 1
-        log.info("fundingInfo: %d symbols with an adjusted interval %s (others 8 h); %d records changed",
-                 len(intervals), dict(sorted(by_hours.items())), changed)
+        for entry in terms.values():
+            by_hours[entry.interval_hours] = by_hours.get(entry.interval_hours, 0) + 1
+        log.info("fundingInfo: %d symbols with adjusted terms %s (others 8 h, no cap); %d records changed",
+                 len(terms), dict(sorted(by_hours.items())), changed)
         return True
 
 

@@ -1,11 +1,13 @@
 """The HTTP API as a WSGI application: Bottle routes over the current SnapshotView.
 
-Endpoints (JSON unless noted; every JSON response has Cache-Control: no-store):
+Endpoints (JSON unless noted; every live JSON response has Cache-Control: no-store):
   GET /                      service, version, endpoints
-  GET /funding/health        200 healthy / 503 unhealthy, with a `reasons` list
+  GET /funding/health        200 healthy / 503 unhealthy, with a `reasons` list (and the history's lag)
   GET /funding/batch         ?symbols=A,B,C (at most 1000)
   GET /funding/{symbol}      200 fresh / 404 unknown or delisted / 503 stale (body still carries the data)
-  GET /funding               every symbol; ?quote=USDT&contractType=..&underlyingType=..&sort=..&limit=N
+  GET /funding               every symbol; ?quote=USDT&contractType=..&underlyingType=..&fundingIntervalHours=1,4
+                             &sort=<key>|-<key>&limit=N, key one of symbol, fundingRate, fundingRateAnnualized, capUsage
+  GET /funding/{symbol}/history, GET /funding/history?at=   settled rates (funding_api_history; JSON or CSV)
   GET /metrics               Prometheus text format 0.0.4
 
 `health` and `batch` are endpoints, not symbols: /funding/health and
@@ -66,14 +68,17 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import bottle
+import funding_api_history
 import funding_health
 from funding_api_metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from funding_api_metrics import RequestCounter, render_metrics
-from funding_api_view import SORT_KEYS, SnapshotView, StateViews, age_text, encode_records
+from funding_api_view import SORT_KEYS, SnapshotView, StateViews, encode_records
 from funding_health import HealthRules
+from funding_history import HistoryError, HistoryReader
 from funding_json import dumps
 from funding_log import event
 from funding_monitor_state import MonitorFiles
+from funding_rest_budget import read_budget_file
 from funding_state import StateSnapshot
 from funding_version import VERSION
 
@@ -94,7 +99,8 @@ SYMBOL_RE = re.compile(r"[A-Za-z0-9_]{1,40}")
 QUOTE_RE = re.compile(r"[A-Za-z0-9]{1,12}")
 LIMIT_RE = re.compile(r"[0-9]{1,7}")
 TYPE_RE = re.compile(r"[A-Za-z_]{1,40}")
-RESERVED_NAMES = frozenset({"HEALTH", "BATCH"})
+INTERVAL_RE = re.compile(r"[1-9]|1[0-9]|2[0-4]")
+RESERVED_NAMES = frozenset({"HEALTH", "BATCH", "HISTORY"})
 MAX_BATCH_SYMBOLS = 1000
 # 1000 symbols of 40 characters, comma-separated (41 KB), fit; Granian refuses a request target of 64 KiB itself.
 MAX_QUERY_BYTES = 48 * 1024
@@ -106,6 +112,8 @@ ROUTE_LABELS = {
     "/funding/health": "/funding/health",
     "/funding/batch": "/funding/batch",
     "/funding/<symbol>": "/funding/{symbol}",
+    "/funding/history": "/funding/history",
+    "/funding/<symbol>/history": "/funding/{symbol}/history",
     "/metrics": "/metrics",
 }
 UNMATCHED_ROUTE = "other"
@@ -115,8 +123,11 @@ ENDPOINTS = {
     "/funding/health": "service health: 200 healthy, 503 unhealthy with reasons",
     "/funding/{symbol}": "one symbol: 200, 404 unknown or delisted, 503 stale",
     "/funding/batch?symbols=A,B,C": "several symbols (at most %d)" % MAX_BATCH_SYMBOLS,
-    "/funding?quote=USDT&contractType=TRADIFI_PERPETUAL&underlyingType=EQUITY&sort=fundingRate|-fundingRate|symbol"
+    "/funding?quote=USDT&contractType=TRADIFI_PERPETUAL&underlyingType=EQUITY&fundingIntervalHours=1,4"
+    "&sort=fundingRate|-fundingRate|fundingRateAnnualized|-fundingRateAnnualized|capUsage|-capUsage|symbol"
     "&limit=N": "every symbol, filtered and sorted",
+    "/funding/{symbol}/history?since=&until=&limit=&format=json|csv": "settled rates, newest first (at most 1000)",
+    "/funding/history?at=<ms>&format=json|csv": "every symbol's settlement at one funding time",
     "/metrics": "Prometheus metrics",
 }
 
@@ -149,6 +160,8 @@ class ApiConfig:
     clock: Callable[[], float] = time.time
     started_at: float = field(default_factory=time.time)
     monitor: Optional[MonitorFiles] = None
+    history: Optional[HistoryReader] = None
+    history_budget_file: Optional[str] = None
 
     @property
     def health_rules(self) -> HealthRules:
@@ -197,8 +210,30 @@ def evaluate_health(view: Optional[SnapshotView], snapshot: StateSnapshot, now: 
         "stateUpdatedAt": view.state_updated_at if view else None,
         "stateLoadedAt": view.loaded_at if view else None,
         "apiUptimeSeconds": round(max(0.0, now - config.started_at), 3),
+        "history": history_health(view, config, now),
     }
     return Health(verdict.healthy, body)
+
+
+def history_health(view: Optional[SnapshotView], config: ApiConfig, now: float) -> Optional[Dict[str, Any]]:
+    """The settlement history's state for /funding/health (informational: it never makes the feed unhealthy)."""
+    if config.history is None:
+        return None
+    try:
+        facts = config.history.facts()
+    except HistoryError as exc:
+        return {"error": str(exc), "lastSettlementTime": None, "lastConfirmedTime": None, "lagSeconds": None,
+                "lagThresholdSeconds": None, "lagging": False}
+    lag = funding_health.judge_history_lag(view.expected_settlement(now) if view else None, facts.last_settlement_ms)
+    return {
+        "error": None,
+        "lastSettlementTime": facts.last_settlement_ms,
+        "lastConfirmedTime": facts.last_confirmed_ms,
+        "expectedSettlementTime": lag.expected_ms,
+        "lagSeconds": lag.lag_seconds,
+        "lagThresholdSeconds": lag.threshold_seconds,
+        "lagging": lag.lagging,
+    }
 
 
 def _object_with_data(data: List[bytes], rest: Dict[str, Any]) -> bytes:
@@ -221,12 +256,16 @@ class JsonBottle(bottle.Bottle):
         return error_body(res.status_code, "http_error", res.status_line)
 
 
-def _reply(status: int, body: bytes, content_type: str = JSON_CONTENT_TYPE) -> bytes:
+def _reply(status: int, body: bytes, content_type: str = JSON_CONTENT_TYPE, cache_control: str = "no-store") -> bytes:
     response = bottle.response
     response.status = status
     response.content_type = content_type
-    response.set_header("Cache-Control", "no-store")
+    response.set_header("Cache-Control", cache_control)
     return body
+
+
+def _history_reply(reply: funding_api_history.Reply) -> bytes:
+    return _reply(reply.status, reply.body, reply.content_type, reply.cache_control)
 
 
 def build_app(views: StateViews, config: ApiConfig, counter: RequestCounter) -> Callable[..., Any]:
@@ -251,6 +290,32 @@ def build_app(views: StateViews, config: ApiConfig, counter: RequestCounter) -> 
         view, snapshot = views.current()
         result = evaluate_health(view, snapshot, config.clock(), config)
         return _reply(200 if result.healthy else 503, dumps(result.body))
+
+    @app.get("/funding/history")
+    def history_at() -> bytes:
+        query = bottle.request.query
+        return _history_reply(funding_api_history.history_at(
+            config.history, {k: query.get(k) for k in ("at", "format")}, bottle.request.get_header("Accept", ""),
+            error_body))
+
+    @app.get("/funding/<symbol>/history")
+    def symbol_history(symbol: str) -> bytes:
+        name = normalise_symbol(symbol)
+        if name is None:
+            return _reply(
+                400,
+                error_body(400, "invalid_symbol", "symbol must match [A-Z0-9_]{1,40}: %r" % echo(symbol)),
+            )
+        if name in RESERVED_NAMES:
+            return _reply(404, error_body(404, "reserved", "%s is an endpoint name, not a symbol" % name))
+        view, _snapshot = views.current()
+        served = view is not None and name in view.records
+        delisted = view is not None and name in view.delisted
+        query = bottle.request.query
+        return _history_reply(funding_api_history.symbol_history(
+            config.history, name, {k: query.get(k) for k in ("since", "until", "limit", "format")},
+            served_live=served, delisted=delisted, accept=bottle.request.get_header("Accept", ""),
+            error_body=error_body))
 
     @app.get("/funding/batch")
     def batch() -> bytes:
@@ -331,7 +396,7 @@ def build_app(views: StateViews, config: ApiConfig, counter: RequestCounter) -> 
                     "staleThresholdSeconds": config.stale_seconds,
                 }
             )
-            body = record.head + b',"ageSeconds":' + age_text(now, record.updated_at) + b"," + tail[1:]
+            body = record.head + record.tail(now) + b"," + tail[1:]
             return _reply(503, body)
         return _reply(200, record.encode(now))
 
@@ -351,6 +416,14 @@ def build_app(views: StateViews, config: ApiConfig, counter: RequestCounter) -> 
                 if not TYPE_RE.fullmatch(text):
                     return _reply(400, error_body(400, "bad_%s" % param, "%s must match [A-Z_]{1,40}" % param))
                 type_filters[attribute] = (param, text.upper())
+        interval_text = query.get("fundingIntervalHours") or ""
+        intervals: Optional[set] = None
+        if interval_text:
+            parts = interval_text.split(",")
+            if len(parts) > 24 or not all(INTERVAL_RE.fullmatch(p) for p in parts):
+                return _reply(400, error_body(400, "bad_interval",
+                                              "fundingIntervalHours must be whole hours from 1 to 24, e.g. 1 or 1,4"))
+            intervals = {int(p) for p in parts}
         limit_text = query.get("limit") or ""
         limit: Optional[int] = None
         if limit_text:
@@ -371,6 +444,8 @@ def build_app(views: StateViews, config: ApiConfig, counter: RequestCounter) -> 
         quote = quote_text.upper()
         if quote:
             records = [r for r in records if r.symbol.endswith(quote)]
+        if intervals is not None:
+            records = [r for r in records if r.interval_hours in intervals]
         matched = len(records)
         if limit is not None:
             records = records[:limit]
@@ -402,6 +477,8 @@ def build_app(views: StateViews, config: ApiConfig, counter: RequestCounter) -> 
             started_at=config.started_at,
             stale_seconds=config.stale_seconds,
             monitor=config.monitor,
+            history=config.history,
+            history_budget=read_budget_file(config.history_budget_file) if config.history_budget_file else None,
         )
         return _reply(200, body, METRICS_CONTENT_TYPE)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import fcntl
 import mmap
 import threading
-from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import funding_api_latency
 import funding_disconnects
@@ -24,6 +24,7 @@ from funding_monitor_state import HEALTHY, MonitorFileError, MonitorFiles, Monit
 
 if TYPE_CHECKING:  # the API's supervisor imports this module for the counters alone
     from funding_api_view import SnapshotView, StateViews
+    from funding_history import HistoryReader
 from funding_state import IGNORED_STATUS_PREFIX
 from funding_universe import IGNORE_REASONS
 
@@ -40,6 +41,8 @@ ROUTES = (
     "/metrics",
     "/funding/stream",
     "/ui",
+    "/funding/history",
+    "/funding/{symbol}/history",
     "other",
 )
 STREAM_EVENT_KINDS = ("snapshot", "update", "health")
@@ -235,6 +238,51 @@ class _Exposition:
         return ("\n".join(self.lines) + "\n").encode("utf-8")
 
 
+def history_lines(
+    history: Optional["HistoryReader"], budget: Optional[Mapping[str, Any]], view: Optional["SnapshotView"],
+    now: float,
+) -> List[str]:
+    """The settlement history and the recorder's REST use. They come from files every API worker reads alike (the
+    database, the budget file), so each worker answers the same values: nothing here is summed across workers."""
+    out = _Exposition()
+    if history is None:
+        return out.lines
+    import funding_health  # noqa: PLC0415  (workers only: the supervisor imports this module for its counters)
+    from funding_history import HistoryError  # noqa: PLC0415
+
+    try:
+        facts = history.facts()
+    except HistoryError:
+        facts = None
+    out.single("funding_history_ok", "gauge", "1 when the settlement history database can be read.",
+               0 if facts is None else 1)
+    if facts is not None:
+        lag = funding_health.judge_history_lag(view.expected_settlement(now) if view else None,
+                                               facts.last_settlement_ms)
+        out.single("funding_history_last_settlement_timestamp_seconds", "gauge",
+                   "Funding time of the newest settlement stored.",
+                   None if facts.last_settlement_ms is None else facts.last_settlement_ms / 1000.0)
+        out.single("funding_history_last_confirmed_timestamp_seconds", "gauge",
+                   "Funding time of the newest settlement confirmed by REST.",
+                   None if facts.last_confirmed_ms is None else facts.last_confirmed_ms / 1000.0)
+        out.single("funding_history_lag_seconds", "gauge",
+                   "How far the newest stored settlement is behind the latest one the live state proves.",
+                   lag.lag_seconds)
+    if budget is not None:
+        out.single("funding_history_rest_requests_total", "counter",
+                   "fundingRate requests the recorder made (weight 1 each, in the 500/5 min bucket).",
+                   budget.get("requests_total"))
+        out.family("funding_history_rest_refused_total", "counter",
+                   "fundingRate requests Binance refused: 429 (over the limit) and 418 (banned).",
+                   [('status="429"', budget.get("throttled_total")), ('status="418"', budget.get("banned_total"))])
+        out.single("funding_history_rest_tokens", "gauge", "Requests the recorder may make right now (its bucket).",
+                   budget.get("tokens"))
+        out.single("funding_history_rest_not_before_timestamp_seconds", "gauge",
+                   "No fundingRate request before this time (Retry-After of the last 429/418).",
+                   budget.get("not_before"))
+    return out.lines
+
+
 def render_metrics(
     *,
     views: StateViews,
@@ -246,6 +294,8 @@ def render_metrics(
     started_at: float,
     stale_seconds: float = 180.0,
     monitor: Optional[MonitorFiles] = None,
+    history: Optional["HistoryReader"] = None,
+    history_budget: Optional[Mapping[str, Any]] = None,
 ) -> bytes:
     out = _Exposition()
     oldest, newest = view.data_ages(now) if view else (None, None)
@@ -376,6 +426,19 @@ def render_metrics(
         "or error (an unexpected failure, logged).",
         [('reason="%s"' % reason, n) for reason, n in counter.streams_dropped()],
     )
+    out.single(
+        "funding_daemon_interval_changes_total",
+        "counter",
+        "Funding interval changes the daemon saw (fundingInfo or the spacing of nextFundingTime), since it started.",
+        status("interval_changes"),
+    )
+    out.single(
+        "funding_daemon_funding_info_errors_total",
+        "counter",
+        "fundingInfo answers that failed or were garbage or partial (the last good terms were kept).",
+        status("funding_info_errors"),
+    )
+    out.lines.extend(history_lines(history, history_budget, view, now))
     out.family(
         "funding_daemon_disconnects_total",
         "counter",

@@ -61,7 +61,7 @@ SETTINGS = (
     HOST, PORT, S.STATE_FILE, S.STALE_SECONDS, S.DISCONNECT_GRACE, S.MAX_MESSAGE_AGE, S.COVERAGE_GRACE_SECONDS,
     S.API_WORKERS, S.API_STATE_POLL, S.API_HEADER_TIMEOUT, S.API_MAX_STREAMS, S.API_STREAM_SEND_TIMEOUT,
     S.LOG_LEVEL, S.MONITOR_STATE_FILE, S.MONITOR_STATUS_FILE, S.MAX_RESTARTS, S.RESTART_WINDOW, S.WS_UNIT,
-    S.API_UNIT,
+    S.API_UNIT, S.HISTORY_DB,
 )
 
 BACKLOG = 1024
@@ -101,6 +101,7 @@ class WorkerSettings:
     )
     # The health monitor's files, whose restarts and verdicts /metrics exposes (None: not exposed).
     monitor: Optional[MonitorFiles] = None
+    history_db: str = ""
 
 
 # --- a worker process ---------------------------------------------------------------------------------------------
@@ -114,6 +115,8 @@ def build_worker_app(settings: WorkerSettings, worker_id: int) -> Callable[..., 
     from funding_api_stream import StreamConfig, StreamEndpoint, StreamHub  # noqa: PLC0415
     from funding_api_ui import UiFiles  # noqa: PLC0415
     from funding_api_view import StateViews, ViewRefresher  # noqa: PLC0415
+    from funding_history import HistoryReader  # noqa: PLC0415
+    from funding_rest_budget import default_budget_path  # noqa: PLC0415
     from funding_state import StateReader  # noqa: PLC0415
 
     counter = SharedCounters(settings.counters_path, region=worker_id - 1)
@@ -137,6 +140,8 @@ def build_worker_app(settings: WorkerSettings, worker_id: int) -> Callable[..., 
         max_data_age_seconds=settings.max_data_age_seconds,
         started_at=settings.started_at,
         monitor=settings.monitor,
+        history=HistoryReader(settings.history_db) if settings.history_db else None,
+        history_budget_file=default_budget_path(settings.history_db) if settings.history_db else None,
     )
     wsgi_app = build_app(views, config, counter)
     stream_config = StreamConfig(
@@ -500,6 +505,7 @@ def worker_settings(values: Dict[str, Any], counters_path: str, started_at: floa
             max_restarts=values[S.MAX_RESTARTS.env],
             units=(values[S.WS_UNIT.env], values[S.API_UNIT.env]),
         ),
+        history_db=values[funding_settings.HISTORY_DB.env],
     )
 
 

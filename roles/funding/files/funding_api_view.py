@@ -17,11 +17,21 @@ import math
 import threading
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
+import funding_health
 import funding_json
+import funding_terms
 import funding_universe
 from funding_health import FeedSnapshot
 from funding_log import event
-from funding_state import StateReader, StateSnapshot, delisted_of, finite_number, universe_of
+from funding_state import (
+    StateReader,
+    StateSnapshot,
+    delisted_of,
+    finite_number,
+    is_whole_number,
+    settlement_ok,
+    universe_of,
+)
 
 log = logging.getLogger("funding_api")
 
@@ -29,6 +39,9 @@ log = logging.getLogger("funding_api")
 # and the per-request ageSeconds last); eventTime stays internal.
 RECORD_KEYS = ("markPrice", "fundingRate", "nextFundingTime", "indexPrice")
 OPTIONAL_RECORD_KEYS = ("fundingIntervalHours", "contractType", "underlyingType")
+# Terms: always answered, null where the state has none (Binance publishes no cap/floor for most symbols).
+TERMS_RECORD_KEYS = ("fundingRateCap", "fundingRateFloor")
+OPTIONAL_TERMS_KEYS = ("fundingIntervalChangedAt",)
 # Values orjson encodes as themselves (a non-finite float becomes null, which is what the API promises).
 _PLAIN_TYPES = frozenset((float, int, str, bool, type(None)))
 
@@ -59,10 +72,19 @@ def age_text(now: float, updated_at: float) -> bytes:
     return repr(round(max(0.0, now - updated_at), 3)).encode("ascii")
 
 
-class SymbolRecord:
-    """One symbol, encoded once: `head` is the JSON object without its closing brace and ageSeconds."""
+def seconds_to_funding_text(now: float, next_funding_ms: Optional[int]) -> bytes:
+    return json_text(funding_terms.seconds_to_funding(next_funding_ms, now)).encode("ascii")
 
-    __slots__ = ("contract_type", "funding_rate", "head", "symbol", "underlying_type", "updated_at")
+
+class SymbolRecord:
+    """One symbol, encoded once: `head` is the JSON object without its closing brace and the per-request keys.
+
+    The per-request keys are ageSeconds and secondsToFunding; the derived fields that depend only on the record
+    (funding_terms.derived_fields) are computed once per loaded state file and are part of `head`.
+    """
+
+    __slots__ = ("annualized", "cap_usage", "contract_type", "funding_rate", "head", "interval_hours",
+                 "last_settled_ms", "next_funding_ms", "symbol", "underlying_type", "updated_at")
 
     def __init__(
         self,
@@ -73,6 +95,11 @@ class SymbolRecord:
         *,
         contract_type: Optional[str] = None,
         underlying_type: Optional[str] = None,
+        next_funding_ms: Optional[int] = None,
+        interval_hours: int = funding_terms.DEFAULT_INTERVAL_HOURS,
+        annualized: Optional[float] = None,
+        cap_usage: Optional[float] = None,
+        last_settled_ms: Optional[int] = None,
     ) -> None:
         self.symbol = symbol
         self.updated_at = updated_at
@@ -80,12 +107,22 @@ class SymbolRecord:
         self.head = head
         self.contract_type = contract_type
         self.underlying_type = underlying_type
+        self.next_funding_ms = next_funding_ms
+        self.interval_hours = interval_hours
+        self.annualized = annualized
+        self.cap_usage = cap_usage
+        self.last_settled_ms = last_settled_ms
 
     def age(self, now: float) -> float:
         return max(0.0, now - self.updated_at)
 
+    def tail(self, now: float) -> bytes:
+        """The per-request keys, each with its leading comma."""
+        return (b',"ageSeconds":' + age_text(now, self.updated_at) + b',"secondsToFunding":'
+                + seconds_to_funding_text(now, self.next_funding_ms))
+
     def encode(self, now: float) -> bytes:
-        return self.head + b',"ageSeconds":' + age_text(now, self.updated_at) + b"}"
+        return self.head + self.tail(now) + b"}"
 
 
 def _seed_document(symbol: str, record: Mapping[str, Any]) -> Dict[str, Any]:
@@ -101,6 +138,12 @@ def _seed_document(symbol: str, record: Mapping[str, Any]) -> Dict[str, Any]:
     for key in OPTIONAL_RECORD_KEYS:
         if key in record:
             document[key] = record[key]
+    for key in TERMS_RECORD_KEYS:
+        document[key] = finite_number(get(key))
+    for key in OPTIONAL_TERMS_KEYS:
+        if key in record:
+            document[key] = record[key]
+    document.update(funding_terms.derived_fields(record))
     document["updatedAt"] = record["updatedAt"]
     plain = _PLAIN_TYPES
     if any(type(value) not in plain for value in document.values()):
@@ -150,6 +193,9 @@ def build_records(funding_state: Mapping[str, Mapping[str, Any]]) -> Dict[str, S
         symbol = document["symbol"]
         contract_type = document.get("contractType")
         underlying_type = document.get("underlyingType")
+        record = funding_state[symbol]
+        next_funding = document["nextFundingTime"]
+        settled = record.get("lastSettlement")
         records[symbol] = SymbolRecord(
             symbol,
             float(document["updatedAt"]),
@@ -157,22 +203,29 @@ def build_records(funding_state: Mapping[str, Mapping[str, Any]]) -> Dict[str, S
             head,
             contract_type=contract_type if isinstance(contract_type, str) else None,
             underlying_type=underlying_type if isinstance(underlying_type, str) else None,
+            next_funding_ms=next_funding if is_whole_number(next_funding) else None,
+            interval_hours=funding_terms.interval_or_default(record),
+            annualized=document["fundingRateAnnualized"],
+            cap_usage=document["capUsage"],
+            last_settled_ms=settled["fundingTime"] if settlement_ok(settled) else None,
         )
     return records
 
 
 def encode_records(records: Iterable[SymbolRecord], now: float) -> List[bytes]:
-    """The pieces of a JSON list of records with their ages at `now`, for one final b"".join.
+    """The pieces of a JSON list of records with their per-request keys at `now`, for one final b"".join.
 
-    The daemon stamps every symbol of one frame with the same updatedAt, so the
-    age text is computed once per distinct timestamp rather than per symbol.
+    The daemon stamps every symbol of one frame with the same updatedAt, and
+    symbols share funding times, so each tail is computed once per distinct
+    (updatedAt, nextFundingTime) rather than per symbol.
     """
-    tails: Dict[float, bytes] = {}
+    tails: Dict[Tuple[float, Optional[int]], bytes] = {}
     parts: List[bytes] = [b"["]
     for record in records:
-        tail = tails.get(record.updated_at)
+        key = (record.updated_at, record.next_funding_ms)
+        tail = tails.get(key)
         if tail is None:
-            tail = tails[record.updated_at] = b',"ageSeconds":' + age_text(now, record.updated_at) + b"},"
+            tail = tails[key] = record.tail(now) + b"},"
         parts.append(record.head)
         parts.append(tail)
     if len(parts) > 1:
@@ -186,6 +239,10 @@ SORT_KEYS: Dict[str, Callable[[SymbolRecord], Any]] = {
     # Symbols without a funding rate go last in both directions.
     "fundingRate": lambda r: (r.funding_rate is None, r.funding_rate or 0.0, r.symbol),
     "-fundingRate": lambda r: (r.funding_rate is None, -(r.funding_rate or 0.0), r.symbol),
+    "fundingRateAnnualized": lambda r: (r.annualized is None, r.annualized or 0.0, r.symbol),
+    "-fundingRateAnnualized": lambda r: (r.annualized is None, -(r.annualized or 0.0), r.symbol),
+    "capUsage": lambda r: (r.cap_usage is None, r.cap_usage or 0.0, r.symbol),
+    "-capUsage": lambda r: (r.cap_usage is None, -(r.cap_usage or 0.0), r.symbol),
 }
 
 
@@ -230,6 +287,11 @@ class SnapshotView:
     def tradifi_count(self) -> int:
         return sum(1 for c in (self.universe or {}).values()
                    if c.get("contractType") == funding_universe.TRADIFI_CONTRACT_TYPE)
+
+    def expected_settlement(self, now: float) -> Optional[Tuple[int, int]]:
+        """The latest settlement the state proves (funding_health.latest_expected_settlement)."""
+        return funding_health.latest_expected_settlement(
+            ((r.next_funding_ms, r.interval_hours, r.last_settled_ms) for r in self.records.values()), int(now * 1000))
 
     def status_number(self, key: str) -> Optional[float]:
         return finite_number(self.connection_status.get(key))

@@ -38,6 +38,7 @@ from funding_state import (
     finite_number,
     is_whole_number,
 )
+from funding_terms import FundingTerms, interval_from_spacing, terms_for
 
 MARK_PRICE_EVENT = "markPriceUpdate"
 SYMBOL_PATTERN = re.compile(r"[A-Z0-9_]{1,40}")
@@ -54,6 +55,10 @@ MAX_MILLIS = 10**14  # year 5138
 # for ordering; beyond it (a bad clock or a bad frame) ordering is not enforced.
 EVENT_TIME_FUTURE_TOLERANCE_MS = 300_000
 DEFAULT_FUNDING_INTERVAL_HOURS = 8
+TERMS_KEYS = ("fundingIntervalHours", "fundingRateCap", "fundingRateFloor")
+NULLABLE_RESTORED_KEYS = ("indexPrice", "fundingRateCap", "fundingRateFloor")
+# The stream's last value counts as the settled one only when it is at most this much older than the settlement.
+STREAM_SETTLEMENT_MAX_GAP_MS = 120_000
 DEFAULT_MAX_SYMBOLS = 5000
 CONTRACT_RECORD_KEYS = CONTRACT_KEYS  # copied from the universe onto each record
 
@@ -101,11 +106,23 @@ class FrameResult:
         self.reject_reasons[reason] += 1
 
 
+@dataclass(frozen=True)
+class IntervalChange:
+    symbol: str
+    old_hours: int
+    new_hours: int
+    at_ms: int  # the settlement that revealed it, or when fundingInfo said so
+    how: str  # "fundingInfo" or "nextFundingTime spacing"
+
+
 @dataclass
 class MergeResult:
     accepted: int = 0
     out_of_order: int = 0  # older than what is stored for the symbol: ignored
     over_symbol_limit: int = 0  # a new symbol beyond max_symbols: ignored
+    settlements: int = 0  # records whose T moved past a settlement
+    interval_changes: List[IntervalChange] = field(default_factory=list)
+    revealed_intervals: Dict[str, int] = field(default_factory=dict)  # symbol -> interval proved by T spacing
 
 
 def parse_decimal(value: Any) -> Optional[float]:
@@ -273,7 +290,7 @@ def merge_updates(
     funding_state: MutableMapping[str, Dict[str, Any]],
     updates: Iterable[MarkPriceUpdate],
     now: float,
-    funding_intervals: Optional[Mapping[str, int]] = None,
+    funding_terms: Optional[Mapping[str, FundingTerms]] = None,
     max_symbols: int = DEFAULT_MAX_SYMBOLS,
     *,
     contracts: Optional[Mapping[str, Mapping[str, str]]] = None,
@@ -282,9 +299,18 @@ def merge_updates(
 
     Records are replaced rather than mutated so that a shallow copy of
     funding_state taken under a lock can be serialised outside it.
-    `funding_intervals` (from REST fundingInfo) sets fundingIntervalHours when
-    known; without it a record keeps the interval it had. `contracts` (the
-    universe) sets contractType and underlyingType the same way.
+    `funding_terms` (from REST fundingInfo; a symbol absent from it has the
+    defaults) sets fundingIntervalHours, fundingRateCap and fundingRateFloor;
+    without it a record keeps the terms it had. `contracts` (the universe)
+    sets contractType and underlyingType the same way.
+
+    Settlements: when an item's `T` moves past the record's `T` and its event
+    time is at or after the old `T`, the symbol settled at the old `T`. The
+    record then keeps the last value seen before it as `lastSettlement` (when
+    that value is at most STREAM_SETTLEMENT_MAX_GAP_MS older than the
+    settlement), and the spacing of the two `T`s, when it proves an interval
+    (funding_terms.interval_from_spacing), overrides the interval: it is the
+    newest evidence. Every interval change is reported in `interval_changes`.
     """
     result = MergeResult()
     for update in updates:
@@ -306,59 +332,93 @@ def merge_updates(
             "updatedAt": now,
             "eventTime": update.event_time,
         }
-        interval = _interval_for(update.symbol, previous, funding_intervals)
-        if interval is not None:
-            record["fundingIntervalHours"] = interval
+        record.update(_terms_fields(update.symbol, previous, funding_terms))
         contract = contracts.get(update.symbol) if contracts is not None else None
         for key in CONTRACT_RECORD_KEYS:
             value = contract.get(key) if contract is not None else previous.get(key)
             if value:
                 record[key] = value
+        change_at = int(now * 1000)
+        how = "fundingInfo"
+        settled_at = _settled_at(previous, update)
+        if settled_at is not None:
+            result.settlements += 1
+            last = _last_value_before(previous, settled_at)
+            if last is not None:
+                record["lastSettlement"] = last
+            revealed = interval_from_spacing(settled_at, update.next_funding_time, update.event_time)
+            if revealed is not None:
+                result.revealed_intervals[update.symbol] = revealed
+                if revealed != record.get("fundingIntervalHours"):
+                    record["fundingIntervalHours"] = revealed
+                    change_at, how = settled_at, "nextFundingTime spacing"
+        if "lastSettlement" not in record and "lastSettlement" in previous:
+            record["lastSettlement"] = previous["lastSettlement"]
+        _note_interval_change(update.symbol, previous, record, (change_at, how), result)
         funding_state[update.symbol] = record
         result.accepted += 1
     return result
 
 
-def _interval_for(
-    symbol: str, previous: Mapping[str, Any], funding_intervals: Optional[Mapping[str, int]]
-) -> Optional[int]:
-    if funding_intervals is not None:
-        return funding_intervals.get(symbol, DEFAULT_FUNDING_INTERVAL_HOURS)
-    return previous.get("fundingIntervalHours")
+def _terms_fields(
+    symbol: str, previous: Mapping[str, Any], funding_terms: Optional[Mapping[str, FundingTerms]]
+) -> Dict[str, Any]:
+    terms = terms_for(symbol, funding_terms)
+    if terms is not None:
+        return {"fundingIntervalHours": terms.interval_hours, "fundingRateCap": terms.cap,
+                "fundingRateFloor": terms.floor}
+    return {key: previous[key] for key in TERMS_KEYS if key in previous}
 
 
-def apply_funding_intervals(
-    funding_state: MutableMapping[str, Dict[str, Any]], funding_intervals: Mapping[str, int]
-) -> int:
-    """Set fundingIntervalHours on every record (new dicts); return how many changed."""
+def _settled_at(previous: Mapping[str, Any], update: MarkPriceUpdate) -> Optional[int]:
+    """The funding time the symbol settled at between `previous` and `update`, if it did."""
+    settled = previous.get("nextFundingTime")
+    if not is_whole_number(settled) or settled <= 0:
+        return None
+    if update.next_funding_time > settled and update.event_time >= settled:
+        return settled
+    return None
+
+
+def _last_value_before(previous: Mapping[str, Any], settled_at: int) -> Optional[Dict[str, Any]]:
+    event = previous.get("eventTime")
+    rate = finite_number(previous.get("fundingRate"))
+    if rate is None or not is_whole_number(event) or not 0 <= settled_at - event <= STREAM_SETTLEMENT_MAX_GAP_MS:
+        return None
+    if event >= settled_at:
+        return None
+    return {"fundingTime": settled_at, "fundingRate": rate, "markPrice": finite_number(previous.get("markPrice")),
+            "eventTime": event}
+
+
+def _note_interval_change(
+    symbol: str, previous: Mapping[str, Any], record: Dict[str, Any], change: "Tuple[int, str]", result: Any
+) -> None:
+    at_ms, how = change
+    old, new = previous.get("fundingIntervalHours"), record.get("fundingIntervalHours")
+    if is_whole_number(old) and is_whole_number(new) and old != new:
+        record["fundingIntervalChangedAt"] = at_ms
+        result.interval_changes.append(IntervalChange(symbol, old, new, at_ms, how))
+    elif "fundingIntervalChangedAt" in previous:
+        record["fundingIntervalChangedAt"] = previous["fundingIntervalChangedAt"]
+
+
+def apply_funding_terms(
+    funding_state: MutableMapping[str, Dict[str, Any]], funding_terms: Mapping[str, FundingTerms], now: float
+) -> "Tuple[int, List[IntervalChange]]":
+    """Set every record's terms from a fundingInfo map (new dicts); (records changed, interval changes)."""
     changed = 0
+    result = MergeResult()
+    now_ms = int(now * 1000)
     for symbol, record in list(funding_state.items()):
-        interval = funding_intervals.get(symbol, DEFAULT_FUNDING_INTERVAL_HOURS)
-        if record.get("fundingIntervalHours") != interval:
-            funding_state[symbol] = dict(record, fundingIntervalHours=interval)
-            changed += 1
-    return changed
-
-
-def parse_funding_info(payload: Any) -> Dict[str, int]:
-    """Symbol -> fundingIntervalHours from a REST /fapi/v1/fundingInfo body; bad entries are left out.
-
-    Raises ValueError when the body is not a list at all.
-    """
-    if not isinstance(payload, list):
-        raise ValueError("fundingInfo is %s, not a list" % type(payload).__name__)
-    intervals: Dict[str, int] = {}
-    for entry in payload:
-        if not isinstance(entry, dict):
+        fields = _terms_fields(symbol, record, funding_terms)
+        if all(record.get(key) == value and key in record for key, value in fields.items()):
             continue
-        symbol = entry.get("symbol")
-        hours = entry.get("fundingIntervalHours")
-        if not isinstance(symbol, str) or not SYMBOL_PATTERN.fullmatch(symbol):
-            continue
-        if isinstance(hours, bool) or not isinstance(hours, int) or not 1 <= hours <= 24:
-            continue
-        intervals[symbol] = hours
-    return intervals
+        updated = dict(record, **fields)
+        _note_interval_change(symbol, record, updated, (now_ms, "fundingInfo"), result)
+        funding_state[symbol] = updated
+        changed += 1
+    return changed, result.interval_changes
 
 
 def restore_funding_state(funding_state: Mapping[str, Any]) -> Tuple[Dict[str, Dict[str, Any]], int]:
@@ -381,8 +441,9 @@ def restore_funding_state(funding_state: Mapping[str, Any]) -> Tuple[Dict[str, D
 
 
 def _restorable(field_: RecordField, record: Mapping[str, Any]) -> bool:
-    # A null indexPrice is what Binance's first frames carry; any other null is left out (the next frame sets it).
+    # A null indexPrice is what Binance's first frames carry, a null cap or floor is "none published"; any other null
+    # is left out (the next frame sets it).
     if field_.key not in record:
         return False
     value = record[field_.key]
-    return field_value_ok(field_, value) or (value is None and field_.key == "indexPrice")
+    return field_value_ok(field_, value) or (value is None and field_.key in NULLABLE_RESTORED_KEYS)

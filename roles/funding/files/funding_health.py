@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, FrozenSet, List, Mapping, Optional, Tuple
+from typing import Any, FrozenSet, Iterable, List, Mapping, Optional, Tuple
 
 from funding_state import age_seconds, disconnected_for, finite_number, universe_of
 
@@ -204,3 +204,51 @@ def coverage_reason(
     shown = ", ".join(missing[:MISSING_NAMES_SHOWN]) + (", ..." if len(missing) > MISSING_NAMES_SHOWN else "")
     return "coverage: %d of %d perpetuals served (%.1f %%, under %g %% for %.0f s); missing: %s" % (
         served, expected, 100.0 * served / expected, COVERAGE_MIN_FRACTION * 100, now - low_since, shown)
+
+
+# --------------------------------------------------------------------------- settlement history
+
+HOUR_MS = 3_600_000
+HISTORY_LAG_INTERVALS = 2  # the history lags when it misses more than this many of the latest symbol's intervals
+
+
+@dataclass(frozen=True)
+class HistoryLag:
+    """How far the history is behind the latest settlement the live state proves has happened."""
+
+    expected_ms: Optional[int]  # the latest settlement that must exist
+    last_settlement_ms: Optional[int]  # the newest one stored
+    lag_seconds: Optional[float]  # 0 when up to date; None when nothing is expected yet
+    threshold_seconds: Optional[float]  # HISTORY_LAG_INTERVALS x that settlement's interval
+    lagging: bool
+
+
+def latest_expected_settlement(
+    records: "Iterable[Tuple[Optional[int], int, Optional[int]]]", now_ms: int
+) -> Optional[Tuple[int, int]]:
+    """(fundingTime ms, interval hours) of the latest settlement the state proves, from each symbol's
+    (nextFundingTime, fundingIntervalHours, lastSettlement.fundingTime): the last one the daemon saw, or the
+    funding time before the next one (nextFundingTime minus the interval), whichever is later and not in the future.
+    """
+    best: Optional[Tuple[int, int]] = None
+    for next_ms, hours, seen_ms in records:
+        candidates = [seen_ms] if seen_ms is not None else []
+        if next_ms is not None and next_ms > 0:
+            candidates.append(next_ms - hours * HOUR_MS)
+        for candidate in candidates:
+            if candidate <= now_ms and (best is None or candidate > best[0]):
+                best = (candidate, hours)
+    return best
+
+
+def judge_history_lag(expected: Optional[Tuple[int, int]], last_settlement_ms: Optional[int]) -> HistoryLag:
+    """The history lags when its newest settlement is more than two intervals behind the expected one."""
+    if expected is None:
+        return HistoryLag(None, last_settlement_ms, None, None, False)
+    expected_ms, hours = expected
+    threshold = HISTORY_LAG_INTERVALS * hours * 3600.0
+    if last_settlement_ms is None:
+        # Nothing recorded yet (a first run still backfilling, or a backfill of 0 days): no lag to measure.
+        return HistoryLag(expected_ms, None, None, threshold, False)
+    lag = max(0.0, (expected_ms - last_settlement_ms) / 1000.0)
+    return HistoryLag(expected_ms, last_settlement_ms, round(lag, 3), threshold, lag > threshold)

@@ -68,11 +68,21 @@ import funding_alerts
 import funding_health
 import funding_json
 import funding_settings
+import funding_terms
 from funding_compare import compare_price, judge_funding_rate, local_event_ms
+from funding_history import HistoryError, HistoryReader
 from funding_log import log_event
 from funding_monitor_state import MonitorFileError, MonitorStatus, RestartHistory
 from funding_rest import BinanceRest, JsonHttpClient, PremiumIndex, RestError
-from funding_state import StateFileError, age_seconds, finite_number, read_state, universe_of
+from funding_state import (
+    StateFileError,
+    age_seconds,
+    finite_number,
+    is_whole_number,
+    read_state,
+    settlement_ok,
+    universe_of,
+)
 from funding_universe import TRADIFI_CONTRACT_TYPE
 
 PROG = "funding_health_monitor"
@@ -86,7 +96,7 @@ SETTINGS = (
     S.PRICE_ERROR_PERCENT,
     S.SPOT_SAME_MOMENT, S.SPOT_TIME_GAP, S.DAEMON_STUCK, S.MAX_RESTARTS, S.RESTART_WINDOW, S.RESTART_WAIT,
     S.SYSTEMCTL_TIMEOUT, S.SYSTEMCTL, S.SUDO, S.MONITOR_STATE_FILE, S.WS_UNIT, S.API_UNIT, S.MONITOR_STATUS_FILE,
-    S.ALERT_WEBHOOK_URL, S.ALERT_MIN_INTERVAL, S.ALERT_TIMEOUT,
+    S.ALERT_WEBHOOK_URL, S.ALERT_MIN_INTERVAL, S.ALERT_TIMEOUT, S.HISTORY_DB,
 )
 # funding_health's reasons this report states in its own (the seed's) words; any other reason is reported as is.
 REPORTED_REASONS = ("state_file", "disconnected", "no_symbols", "no_data")
@@ -249,6 +259,7 @@ class FeedFacts:
     record: Optional[Dict[str, Any]] = None  # the spot-check symbol's record
     tradfi_symbol: Optional[str] = None  # a TradFi perpetual of the universe, spot-checked too
     tradfi_record: Optional[Dict[str, Any]] = None
+    funding_state: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # every symbol's record
 
     def fresh(self, max_age: float) -> bool:
         return bool(self.connected) and self.data_age is not None and self.data_age <= max_age
@@ -283,6 +294,7 @@ class HealthMonitor:
         ws_unit, api_unit = c["FUNDING_WS_UNIT"], c["FUNDING_API_UNIT"]
         ws = self.check_service(ws_unit, "ws_service", "WebSocket daemon service")
         facts = self.check_state()
+        self.check_history(facts)
         ws_restart_reason = self.daemon_restart_reason(ws, facts)
         api = self.check_service(api_unit, "api_service", "API server service")
         api_answers = self.check_api_health()
@@ -403,6 +415,7 @@ class HealthMonitor:
 
         record = symbols.get(c["FUNDING_SPOT_CHECK_SYMBOL"])
         facts.record = record if isinstance(record, dict) else None
+        facts.funding_state = symbols
         self.report.checks.update(
             connected=facts.connected,
             symbol_count=count,
@@ -439,6 +452,43 @@ class HealthMonitor:
             "universe_known": True, "expected": expected, "served": served, "tradfi_served": tradfi,
             "missing_count": len(missing), "missing": missing[:funding_health.MISSING_NAMES_SHOWN],
         }
+
+    # the settlement history: a warning when it lags by more than two intervals (funding_health.judge_history_lag)
+    def check_history(self, facts: FeedFacts) -> None:
+        path = self.config["FUNDING_HISTORY_DB"]
+        entry: Dict[str, Any] = {"path": path, "last_settlement_ms": None, "lag_seconds": None, "lagging": False,
+                                 "error": None}
+        self.report.checks["history"] = entry
+        if not os.path.exists(path):
+            entry["error"] = "not created yet"  # a deployment without the recorder, or before its first run
+            return
+        reader = HistoryReader(path)
+        try:
+            stored = reader.facts()
+        except HistoryError as exc:
+            entry["error"] = str(exc)
+            self.report.warn("Settlement history unreadable: %s" % exc)
+            return
+        finally:
+            reader.reset()
+        records = []
+        for record in facts.funding_state.values():
+            settled = record.get("lastSettlement")
+            next_ms = record.get("nextFundingTime")
+            records.append((next_ms if is_whole_number(next_ms) else None, funding_terms.interval_or_default(record),
+                            settled["fundingTime"] if settlement_ok(settled) else None))
+        expected = funding_health.latest_expected_settlement(records, int(self.now * 1000))
+        lag = funding_health.judge_history_lag(expected, stored.last_settlement_ms)
+        entry.update(last_settlement_ms=stored.last_settlement_ms, lag_seconds=lag.lag_seconds, lagging=lag.lagging)
+        newest = _clock(stored.last_settlement_ms / 1000.0) if stored.last_settlement_ms else "none yet"
+        if lag.lagging:
+            self.report.warn("Settlement history lags: newest settlement %s is %.0f s behind the latest one (%s), "
+                             "more than two funding intervals (%.0f s); see journalctl -u funding-history-recorder"
+                             % (newest, lag.lag_seconds or 0, _clock((lag.expected_ms or 0) / 1000.0),
+                                lag.threshold_seconds or 0))
+        else:
+            self.report.add_info("Settlement history: newest settlement %s%s" % (
+                newest, "" if lag.lag_seconds is None else ", %.0f s behind the latest" % lag.lag_seconds))
 
     def daemon_restart_reason(self, ws: UnitState, facts: FeedFacts) -> Optional[str]:
         if ws.stopped:

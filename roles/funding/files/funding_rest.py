@@ -24,6 +24,7 @@ from funding_version import VERSION
 USER_AGENT = "binance-funding/%s" % VERSION
 _Self = TypeVar("_Self", bound="_Closable")
 BODY_PREVIEW_CHARS = 60
+SYMBOL_NAME = re.compile(r"[A-Z0-9_]{1,40}")
 HTML_TITLE = re.compile(r"<title[^>]*>([^<]*)</title>", re.IGNORECASE)
 
 
@@ -39,6 +40,7 @@ class RestError(Exception):
         super().__init__(message)
         self.kind = kind
         self.status = status
+        self.retry_after: Optional[str] = None  # the Retry-After header of a 429/418
 
 
 @dataclass(frozen=True)
@@ -121,11 +123,13 @@ class JsonHttpClient(_Closable):
         status = response.status_code
         if status not in ok_statuses:
             detail = _preview(data)
-            raise RestError(
+            error = RestError(
                 "%s: HTTP %d%s" % (url, status, (" (%s)" % detail) if detail else ""),
                 RestError.HTTP_STATUS,
                 status,
             )
+            error.retry_after = response.headers.get("Retry-After")
+            raise error
         content_type = response.headers.get("Content-Type", "")
         if "html" in content_type.lower() or data.lstrip()[:1] == b"<":
             raise RestError(
@@ -286,3 +290,55 @@ def _kind(value: Any) -> str:
     if isinstance(value, list):
         return "a list"
     return "%s %r" % (type(value).__name__, value) if not isinstance(value, str) else "a string"
+
+
+@dataclass(frozen=True)
+class FundingRateRow:
+    """One entry of GET /fapi/v1/fundingRate."""
+
+    symbol: str
+    funding_time: int  # ms, as reported (not always an exact second)
+    funding_rate: float
+    mark_price: Optional[float]  # "" in some old rows
+
+
+def parse_funding_rate_row(entry: Any) -> FundingRateRow:
+    if not isinstance(entry, dict):
+        raise ShapeError("entry is %s, not an object" % type(entry).__name__)
+    symbol = entry.get("symbol")
+    if not isinstance(symbol, str) or not SYMBOL_NAME.fullmatch(symbol):
+        raise ShapeError("symbol is missing or malformed")
+    rate = _number(entry.get("fundingRate"), "fundingRate")
+    if rate is None or abs(rate) > 1.0:
+        raise ShapeError("%s fundingRate is not a plausible rate" % symbol)
+    funding_time = _millis(entry.get("fundingTime"), "fundingTime")
+    if funding_time <= 0:
+        raise ShapeError("%s fundingTime is 0" % symbol)
+    price = _number(entry.get("markPrice"), "markPrice", allow_empty=True)
+    if price is not None and price <= 0:
+        price = None
+    return FundingRateRow(symbol, funding_time, rate, price)
+
+
+def funding_rates(
+    client: JsonHttpClient, *, symbol: Optional[str], start_ms: Optional[int], end_ms: Optional[int], limit: int
+) -> "Tuple[List[FundingRateRow], List[str]]":
+    """GET /fapi/v1/fundingRate: (rows, problems with rejected entries). RestError when the answer is no list."""
+    params: Dict[str, str] = {"limit": str(limit)}
+    if symbol is not None:
+        params["symbol"] = symbol
+    if start_ms is not None:
+        params["startTime"] = str(start_ms)
+    if end_ms is not None:
+        params["endTime"] = str(end_ms)
+    response = client.get("/fapi/v1/fundingRate", params)
+    if not isinstance(response.body, list):
+        raise RestError("%s: expected a list, got %s" % (response.url, _kind(response.body)), RestError.BAD_SHAPE)
+    rows: List[FundingRateRow] = []
+    problems: List[str] = []
+    for raw in response.body:
+        try:
+            rows.append(parse_funding_rate_row(raw))
+        except ShapeError as exc:
+            problems.append(str(exc))
+    return rows, problems

@@ -312,6 +312,38 @@ ALERT_TIMEOUT = Setting(
 WS_UNIT = Setting("FUNDING_WS_UNIT", "binance-funding-ws.service", "unit of the WebSocket daemon", unit_name)
 API_UNIT = Setting("FUNDING_API_UNIT", "binance-funding-api.service", "unit of the HTTP API", unit_name)
 
+# ----------------------------------------------------------------------- settlement history (recorder, API, monitor)
+HISTORY_DB = Setting(
+    "FUNDING_HISTORY_DB", "/var/lib/binance-funding/funding-history.sqlite3",
+    "SQLite database of settled funding rates (written by the recorder, read by the API and the monitor)",
+    absolute_path,
+)
+HISTORY_BACKFILL_DAYS = Setting(
+    "FUNDING_HISTORY_BACKFILL_DAYS", "7", "days of settlements the recorder fetches on its first run",
+    non_negative_float,
+)
+HISTORY_RETENTION_DAYS = Setting(
+    "FUNDING_HISTORY_RETENTION_DAYS", "365", "settlements older than this many days are pruned (daily)",
+    positive_float,
+)
+HISTORY_REST_BUDGET = Setting(
+    "FUNDING_HISTORY_REST_BUDGET", "120",
+    "fundingRate requests the recorder may make per FUNDING_HISTORY_REST_WINDOW_SECONDS (Binance: 500 per 300 s "
+    "shared with fundingInfo; 120 + the daemon's fundingInfo stays under 25 %)", positive_int,
+)
+HISTORY_REST_WINDOW = Setting(
+    "FUNDING_HISTORY_REST_WINDOW_SECONDS", "300", "window of FUNDING_HISTORY_REST_BUDGET", positive_float
+)
+HISTORY_CONFIRM_DELAY = Setting(
+    "FUNDING_HISTORY_CONFIRM_DELAY_SECONDS", "10",
+    "a settlement is asked of REST this long after its funding time (Binance publishes it shortly after)",
+    non_negative_float,
+)
+HISTORY_RUN_SECONDS = Setting(
+    "FUNDING_HISTORY_RUN_SECONDS", "45", "a recorder run stops asking REST after this long (it runs every minute)",
+    positive_float,
+)
+
 # --------------------------------------------------------------------------- comparison tool
 COMPARE_BEHIND = Setting(
     "FUNDING_COMPARE_BEHIND_SECONDS", "180",

@@ -58,6 +58,7 @@ class StateFileError(Exception):
 # as null rather than refuse the whole file.
 NUMBER = "number"
 INTEGER = "integer"
+SETTLEMENT = "settlement"  # {"fundingTime": ms, "fundingRate": number, "markPrice": number|null, "eventTime": ms}
 TEXT = "text"  # an upper-case name such as TRADIFI_PERPETUAL (letters, digits, underscores)
 TEXT_PATTERN = re.compile(r"[A-Z0-9_]{1,40}")
 
@@ -77,11 +78,21 @@ SYMBOL_RECORD_FIELDS: Tuple[RecordField, ...] = (
     RecordField("nextFundingTime", INTEGER, "next funding time, epoch milliseconds"),
     RecordField("updatedAt", NUMBER, "when the daemon stored this record, epoch seconds", required=True),
     RecordField("eventTime", INTEGER, "Binance's event time of the value, epoch milliseconds"),
-    RecordField("fundingIntervalHours", INTEGER, "funding interval from REST fundingInfo (absent until known)"),
+    RecordField("fundingIntervalHours", INTEGER,
+                "funding interval: REST fundingInfo (absent there: 8), or the spacing of T across a settlement "
+                "(absent until known)"),
     RecordField("contractType", TEXT, "exchangeInfo contractType: PERPETUAL, TRADIFI_PERPETUAL, ... (absent until "
                 "the daemon knows the universe)"),
     RecordField("underlyingType", TEXT, "exchangeInfo underlyingType: COIN, EQUITY, COMMODITY, INDEX (absent until "
                 "the daemon knows the universe)"),
+    RecordField("fundingRateCap", NUMBER, "adjustedFundingRateCap from fundingInfo (null where none is published)"),
+    RecordField("fundingRateFloor", NUMBER,
+                "adjustedFundingRateFloor from fundingInfo (null where none is published)"),
+    RecordField("fundingIntervalChangedAt", INTEGER,
+                "when the interval last changed, epoch milliseconds (the settlement when T revealed it)"),
+    RecordField("lastSettlement", SETTLEMENT,
+                "the stream's last value before the last settlement the daemon saw: "
+                "{fundingTime, fundingRate, markPrice, eventTime}"),
 )
 
 
@@ -104,8 +115,21 @@ def is_whole_number(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def settlement_ok(value: Any) -> bool:
+    """A lastSettlement object: whole-number fundingTime and eventTime, finite fundingRate, markPrice finite or null."""
+    return (
+        isinstance(value, dict)
+        and is_whole_number(value.get("fundingTime"))
+        and is_whole_number(value.get("eventTime"))
+        and is_finite_number(value.get("fundingRate"))
+        and (value.get("markPrice") is None or is_finite_number(value.get("markPrice")))
+    )
+
+
 def field_value_ok(field_: RecordField, value: Any) -> bool:
     """A non-null value of the field's kind."""
+    if field_.kind == SETTLEMENT:
+        return settlement_ok(value)
     if field_.kind == TEXT:
         return isinstance(value, str) and TEXT_PATTERN.fullmatch(value) is not None
     return is_whole_number(value) if field_.kind == INTEGER else is_finite_number(value)
@@ -184,6 +208,10 @@ CONNECTION_STATUS_DEFAULTS: Dict[str, Any] = {
     "stream_connections": 0,  # open serving connections (the all-market one plus overflow ones)
     "subscribe_messages": 0,  # SUBSCRIBE/UNSUBSCRIBE messages sent
     "subscribe_errors": 0,  # error answers and unanswered requests
+    # funding terms and settlements (issue 14)
+    "interval_changes": 0,
+    "funding_info_errors": 0,
+    "last_funding_info_time": None,
 }
 
 
