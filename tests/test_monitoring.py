@@ -167,7 +167,12 @@ def scraped_names(simulator_factory_module, tmp_path_factory) -> Set[str]:
     try:
         assert wait_until(lambda: state_file.exists() and len(json.loads(state_file.read_text())["funding_state"])
                           > 500, deadline=60), (workdir / "daemon.log").read_text()
-        api = start_api(state_file, env=monitor_files)
+        history = {"FUNDING_HISTORY_DB": str(workdir / "history.sqlite3")}
+        recorded = run_program("funding_history_recorder.py", {
+            **history, "FUNDING_STATE_FILE": str(state_file), "FUNDING_REST_URL": sim.rest_url,
+            "FUNDING_HISTORY_BACKFILL_DAYS": "1", "FUNDING_HISTORY_RUN_SECONDS": "10"})
+        assert recorded.returncode == 0, recorded.stdout + recorded.stderr
+        api = start_api(state_file, env={**monitor_files, **history})
         systemd = FakeSystemd(workdir / "systemd")
         systemd.set_state(WS_UNIT, "active")
         systemd.set_state(API_UNIT, "active")
