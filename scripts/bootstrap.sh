@@ -165,6 +165,29 @@ ensure_wheelhouse() {
   echo "$want" >"$stamp"
 }
 
+# promtool (for the Prometheus rule tests) from Debian's prometheus package: only the binary, unpacked into
+# .cache/bin with apt-get download + dpkg-deb, so no Prometheus server is installed or started on this machine.
+ensure_promtool() {
+  if command -v promtool >/dev/null || [ -x "$CACHE_DIR/bin/promtool" ]; then
+    log "promtool: $(command -v promtool || echo "$CACHE_DIR/bin/promtool")"
+    return 0
+  fi
+  local work
+  work=$(mktemp -d "$CACHE_DIR/promtool.XXXXXX")
+  log "fetching promtool from Debian's prometheus package into $CACHE_DIR/bin"
+  if ! (cd "$work" && { apt-get download prometheus || { is_root && apt-get update -qq && apt-get download prometheus; }; }) \
+      >"$CACHE_DIR/promtool.log" 2>&1; then
+    tail -n 20 "$CACHE_DIR/promtool.log" >&2
+    rm -rf "$work"
+    die "apt-get download prometheus failed (Debian mirror unreachable?); or install it: sudo apt-get install prometheus"
+  fi
+  mkdir -p "$CACHE_DIR/bin"
+  dpkg-deb -x "$work"/prometheus_*.deb "$work/root" && install -m 0755 "$work/root/usr/bin/promtool" "$CACHE_DIR/bin/promtool"
+  local rc=$?
+  rm -rf "$work"
+  [ $rc -eq 0 ] || die "could not unpack promtool from the prometheus package"
+}
+
 ensure_docker() {
   ensure_docker_packages
   ensure_docker_engine
@@ -172,6 +195,7 @@ ensure_docker() {
 
 bootstrap_all() {
   ensure_venv
+  ensure_promtool
   ensure_chromium
   ensure_docker
   ensure_images

@@ -12,12 +12,16 @@ cd "$REPO_ROOT" || exit 1
 what=${1:-all}
 shift || true
 SCENARIOS=("$@")
-# Every scenario but the demo, default first.
+# Every scenario but these, default first. demo is the README's demo; fleet (three containers, a rolling deploy that
+# must stop at a failing host) is run on its own with `make molecule SCENARIO=fleet` until it is given a place in the
+# time budget (README, Running the tests).
+NOT_IN_MAKE_TEST=" demo fleet "
 if [ ${#SCENARIOS[@]} -eq 0 ]; then
   SCENARIOS=(default)
   for dir in molecule/*/; do
     name=$(basename "$dir")
-    [ -f "$dir/molecule.yml" ] && [ "$name" != default ] && [ "$name" != demo ] && SCENARIOS+=("$name")
+    [ -f "$dir/molecule.yml" ] && [ "$name" != default ] && [[ "$NOT_IN_MAKE_TEST" != *" $name "* ]] \
+      && SCENARIOS+=("$name")
   done
 fi
 
@@ -32,7 +36,7 @@ finish() {
 trap finish EXIT
 trap 'exit 130' INT TERM
 
-export PATH="$VENV_DIR/bin:$PATH"
+export PATH="$VENV_DIR/bin:$PATH:$CACHE_DIR/bin"
 export ANSIBLE_FORCE_COLOR=0 PY_COLORS=0
 
 run_lint() {
@@ -42,6 +46,7 @@ run_lint() {
 }
 
 run_unit() {
+  phase "bootstrap: promtool" ensure_promtool || return 1
   phase "bootstrap: chromium" ensure_chromium || return 1
   phase "pytest (programs)" python -m pytest tests -q -p no:cacheprovider || return 1
   phase "python 3.9 (oldest supported)" run_oldest_python || return 1

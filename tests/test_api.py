@@ -549,4 +549,4 @@ def test_no_access_log_at_info(api, state):  # noqa: F811
         api.get("/funding/BTCUSDT")
     api.get("/funding/NOPEUSDT")
     assert "BTCUSDT" not in api.log() and "NOPEUSDT" not in api.log()
-    assert os.path.getsize(api.log_path) < 2000
+    assert os.path.getsize(api.log_path) < 4000  # a few key=value lines (start, state file), no access log

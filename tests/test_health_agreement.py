@@ -69,6 +69,7 @@ def monitor_verdict(state_file, tmp_path) -> funding_health_monitor.Report:
     config = resolve(funding_health_monitor.SETTINGS, {
         "FUNDING_STATE_FILE": str(state_file),
         "FUNDING_MONITOR_STATE_FILE": str(tmp_path / "restarts.json"),
+        "FUNDING_MONITOR_STATUS_FILE": str(tmp_path / "monitor-status.json"),
         "FUNDING_MIN_SYMBOLS": "1",
         "FUNDING_REST_URL": "off",
     })

@@ -80,6 +80,7 @@ class Monitor:
             "FUNDING_API_URL": api_url,
             "FUNDING_REST_URL": closed_url(),
             "FUNDING_MONITOR_STATE_FILE": str(history_file),
+            "FUNDING_MONITOR_STATUS_FILE": str(history_file.parent / "monitor-status.json"),
             "FUNDING_RESTART_WAIT_SECONDS": "2",
             "FUNDING_HTTP_TIMEOUT_SECONDS": "3",
             **systemd.env(),

@@ -94,7 +94,30 @@ def test_help_shows_each_setting_with_the_registrys_default_and_meaning(program)
     assert done.returncode == 0, done.stderr
     flat = " ".join(done.stdout.split())
     for setting in PROGRAMS[program].SETTINGS:
-        assert "%s %s [%s]" % (setting.env, " ".join(setting.help.split()), setting.default) in flat, setting.env
+        shown = "secret, not shown" if setting.secret else setting.default
+        assert "%s %s [%s]" % (setting.env, " ".join(setting.help.split()), shown) in flat, setting.env
+
+
+SECRET_URL = "https://hooks.example.invalid/services/T000/B000/s3cr3t-token"
+
+
+def test_help_and_a_configuration_error_never_show_a_secret_setting_value():
+    monitor = str(funding_settings.__file__).replace("funding_settings.py", "funding_health_monitor.py")
+    env = {"PATH": "/usr/bin:/bin", "FUNDING_ALERT_WEBHOOK_URL": SECRET_URL}
+    shown = subprocess.run([sys.executable, monitor, "--help"], capture_output=True, text=True, timeout=60,
+                           check=False, env=env)
+    assert shown.returncode == 0 and "FUNDING_ALERT_WEBHOOK_URL" in shown.stdout
+    assert "s3cr3t" not in shown.stdout + shown.stderr
+    bad = {**env, "FUNDING_ALERT_WEBHOOK_URL": "ftp://user:s3cr3t@example.invalid/hook"}
+    refused = subprocess.run([sys.executable, monitor, "--no-restart"], capture_output=True, text=True, timeout=60,
+                             check=False, env=bad)
+    assert refused.returncode == 2
+    assert "FUNDING_ALERT_WEBHOOK_URL=(secret, not shown): must be an http:// or https:// URL" in refused.stderr
+    assert "s3cr3t" not in refused.stdout + refused.stderr
+
+
+def test_only_the_webhook_url_is_a_secret():
+    assert [s.env for s in REGISTRY.values() if s.secret] == ["FUNDING_ALERT_WEBHOOK_URL"]
 
 
 def test_a_setting_defined_twice_is_refused():

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, FrozenSet, List, Optional, Tuple
 from urllib.parse import urlsplit, urlunsplit
 
+import funding_disconnects
 import funding_feed
 import funding_health
 import funding_json
@@ -37,6 +38,7 @@ import funding_terms
 import funding_universe
 import requests
 import websocket
+from funding_log import event
 
 PROG = "binance_funding_ws_daemon"
 DESCRIPTION = "Binance USD-M futures funding/mark price WebSocket daemon: keeps the shared state file current."
@@ -397,7 +399,8 @@ class StateWriter(threading.Thread):
             self.writes += 1
             if self._failing_since_errors:
                 log.info("state file %s written again after %d failed attempts", self.path,
-                         self._failing_since_errors)
+                         self._failing_since_errors,
+                         extra=event("state_write_recovered", path=self.path, failed=self._failing_since_errors))
                 self._failing_since_errors = 0
                 self._logged_errors.clear()
                 self.feed.update_status(last_state_write_error=None)
@@ -416,7 +419,7 @@ class StateWriter(threading.Thread):
             self._logged_errors.add(key)
             log.error("cannot write state file %s: %s; the previous file stays as it is, retrying "
                       "(repeats of this error are counted in state_write_errors, not logged)",
-                      self.path, description)
+                      self.path, description, extra=event("state_write_error", path=self.path, error=description))
 
 
 class Connection:
@@ -787,7 +790,8 @@ class Supervisor:
         connection = Connection(self.connection_count, slot.url, purpose, self.feed, wake=self.wake,
                                 connect_timeout=self.connect_timeout, carries_array=slot.carries_array,
                                 streams=slot.streams)
-        log.info("connecting #%d (%s%s) to %s", connection.number, purpose, slot.label, slot.url)
+        log.info("connecting #%d (%s%s) to %s", connection.number, purpose, slot.label, slot.url,
+                 extra=event("connect", conn=connection.number, slot=slot.index, purpose=purpose, url=slot.url))
         connection.start()
         return connection
 
@@ -797,12 +801,17 @@ class Supervisor:
         else:
             what = "disconnected #%d after %.1f s connected" % (
                 connection.number, (connection.closed_at or now) - connection.opened_at)
+        kind = funding_disconnects.kind_of(connection.close_reason or "")
+        self.feed.increment_status(funding_disconnects.status_key(kind))
+        fields = {"conn": connection.number, "slot": slot.index, "kind": kind, "reason": connection.close_reason,
+                  "connected_s": (connection.closed_at or now) - connection.opened_at
+                  if connection.opened_at is not None else None}
         if slot.carries_array:
             self.feed.update_status(last_disconnect_time=time.time(),
                                     last_disconnect_reason=connection.close_reason)
         if slot.candidate is not None:
             log.warning("%s: %s; continuing on connection #%d", what, connection.close_reason,
-                        slot.candidate.number)
+                        slot.candidate.number, extra=event("disconnect", **fields, continue_on=slot.candidate.number))
             slot.primary, slot.candidate = slot.candidate, None
             return
         slot.primary = None
@@ -810,14 +819,16 @@ class Supervisor:
                 and (connection.closed_at or now) - connection.first_data_at >= self.healthy_reset_seconds):
             slot.backoff.reset()  # it delivered data for a healthy spell: this is a fresh failure, not a streak
         if not slot.carries_array and not slot.streams:
-            log.info("%s%s: %s; no streams left for it", what, slot.label, connection.close_reason)
+            log.info("%s%s: %s; no streams left for it", what, slot.label, connection.close_reason,
+                     extra=event("disconnect", **fields))
             return
         delay = slot.backoff.next_delay()
         slot.next_attempt_at = now + delay
         if slot.carries_array:
             self.feed.update_status(reconnect_attempts=slot.backoff.attempts)
         log.warning("%s%s: %s; reconnecting in %.2f s (attempt %d)", what, slot.label, connection.close_reason,
-                    delay, slot.backoff.attempts)
+                    delay, slot.backoff.attempts,
+                    extra=event("disconnect", **fields, delay_s=delay, attempt=slot.backoff.attempts))
 
     def _rotation_failed(self, slot: Slot, connection: Connection, now: float) -> None:
         slot.candidate = None
@@ -837,7 +848,9 @@ class Supervisor:
             return
         age = now - old.opened_at if old.opened_at is not None else 0.0
         log.info("rotated: connection #%d receives data, closing #%d after %.0f s (%d symbol streams moved)",
-                 new.number, old.number, age, new.subscriptions.live)
+                 new.number, old.number, age, new.subscriptions.live,
+                 extra=event("rotated", conn=new.number, old_conn=old.number, age_s=age,
+                             streams_moved=new.subscriptions.live))
         old.request_close("rotated to connection #%d" % new.number)
         slot.retired.append(old)
 
@@ -853,7 +866,8 @@ class Supervisor:
             reason = "no markPriceUpdate for %.1f s on %s" % (silent, slot.url)
             if url_is_legacy(slot.url):
                 reason += LEGACY_HINT
-            log.info("connection #%d silent for %.1f s: closing it", connection.number, silent)
+            log.info("connection #%d silent for %.1f s: closing it", connection.number, silent,
+                     extra=event("no_data", conn=connection.number, silent_s=silent, url=slot.url))
             connection.request_close(reason)
 
     def _maybe_rotate(self, slot: Slot, now: float) -> None:
@@ -865,7 +879,7 @@ class Supervisor:
         if slot.next_rotation_at is not None and now < slot.next_rotation_at:
             return
         log.info("connection #%d is %.0f s old: rotating before the 24 h limit", primary.number,
-                 now - primary.opened_at)
+                 now - primary.opened_at, extra=event("rotate", conn=primary.number, age_s=now - primary.opened_at))
         slot.candidate = self._open(slot, "rotation")
 
     def _housekeeping(self, now: float) -> None:
@@ -958,7 +972,8 @@ class Supervisor:
                 if connection is not None and connection.state == Connection.OPEN and not connection.announced:
                     connection.announced = True
                     self.feed.increment_status("connections_opened")
-                    log.info("connected #%d to %s%s", connection.number, slot.url, slot.label)
+                    log.info("connected #%d to %s%s", connection.number, slot.url, slot.label,
+                             extra=event("connected", conn=connection.number, url=slot.url))
 
     def log_summary(self, last_frames: int) -> int:
         counts = self.feed.counts()
@@ -980,6 +995,12 @@ class Supervisor:
             counts.get("missing_symbols"), counts.get("symbol_streams", 0), counts.get("symbol_streams_wanted", 0),
             counts.get("stream_connections", 0), counts["reconnect_attempts"], counts["rotations"],
             self.writer.writes, counts["state_write_errors"],
+            extra=event("summary", symbols=counts["symbols"], connected=bool(counts["connected"]), frames=frames,
+                        frames_new=frames - last_frames, frames_rejected=counts["frames_rejected"],
+                        items_rejected=counts["items_rejected"], ignored=ignored,
+                        missing=counts.get("missing_symbols"), reconnect_attempts=counts["reconnect_attempts"],
+                        rotations=counts["rotations"], state_writes=self.writer.writes,
+                        write_errors=counts["state_write_errors"]),
         )
         return frames
 
@@ -993,7 +1014,8 @@ class Supervisor:
 
     def shutdown(self) -> None:
         if self.stop_signal is not None:
-            log.info("received %s, shutting down", signal.Signals(self.stop_signal).name)
+            log.info("received %s, shutting down", signal.Signals(self.stop_signal).name,
+                     extra=event("stop", signal=signal.Signals(self.stop_signal).name))
         connections = [c for slot in self.slots for c in slot.connections()]
         for connection in connections:
             connection.request_close("daemon stopping")
@@ -1193,7 +1215,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     funding_settings.setup_logging(config["FUNDING_LOG_LEVEL"], PROG)
     url = config["FUNDING_WS_URL"]
     path = config["FUNDING_STATE_FILE"]
-    log.info("starting (pid %d): WebSocket URL %s, state file %s", os.getpid(), url, path)
+    log.info("starting (pid %d): WebSocket URL %s, state file %s", os.getpid(), url, path,
+             extra=event("start", pid=os.getpid(), url=url, state_file=path))
     if url_is_legacy(url):
         log.warning("FUNDING_WS_URL %s is not under /market: Binance sends no markPrice data on the legacy "
                     "paths; expect no-data reconnects (use %s)", url, DEFAULT_WS_URL)
@@ -1244,9 +1267,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     writer.stop()
     writer.join(1.0)
     if writer.write_once(lock_timeout=1.0):
-        log.info("final state written (connected: false); exiting")
+        log.info("final state written (connected: false); exiting", extra=event("exit", final_state_written=True))
     else:
-        log.error("final state could not be written; exiting")
+        log.error("final state could not be written; exiting", extra=event("exit", final_state_written=False))
     return exit_code
 
 

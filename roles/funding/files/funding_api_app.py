@@ -76,6 +76,8 @@ from funding_api_view import SORT_KEYS, SnapshotView, StateViews, encode_records
 from funding_health import HealthRules
 from funding_history import HistoryError, HistoryReader
 from funding_json import dumps
+from funding_log import event
+from funding_monitor_state import MonitorFiles
 from funding_rest_budget import read_budget_file
 from funding_state import StateSnapshot
 from funding_version import VERSION
@@ -157,6 +159,7 @@ class ApiConfig:
     max_data_age_seconds: float = 60.0
     clock: Callable[[], float] = time.time
     started_at: float = field(default_factory=time.time)
+    monitor: Optional[MonitorFiles] = None
     history: Optional[HistoryReader] = None
     history_budget_file: Optional[str] = None
 
@@ -473,6 +476,7 @@ def build_app(views: StateViews, config: ApiConfig, counter: RequestCounter) -> 
             now=now,
             started_at=config.started_at,
             stale_seconds=config.stale_seconds,
+            monitor=config.monitor,
             history=config.history,
             history_budget=read_budget_file(config.history_budget_file) if config.history_budget_file else None,
         )
@@ -513,6 +517,7 @@ class ApiMiddleware:
             start_response("413 Content Too Large", headers + [SERVER_HEADER])
             return [] if method == "HEAD" else [body]
         statuses: List[str] = []
+        started = time.perf_counter()
 
         def recording_start_response(status: str, headers: List[Tuple[str, str]], exc_info: Any = None) -> Any:
             statuses.append(status)
@@ -522,7 +527,9 @@ class ApiMiddleware:
         try:
             result = self.app(environ, recording_start_response)
         except Exception:
-            log.exception("unexpected error answering %s %s", method, echo(environ.get("PATH_INFO", "")))
+            path = echo(environ.get("PATH_INFO", ""))
+            log.exception("unexpected error answering %s %s", method, path,
+                          extra=event("internal_error", method=method, path=path))
             body = error_body(500, "internal_error", "internal server error (logged)")
             statuses.append("500")
             headers = JSON_HEADERS + [("Content-Length", str(len(body))), SERVER_HEADER]
@@ -531,4 +538,5 @@ class ApiMiddleware:
         route = environ.get("bottle.route")
         label = ROUTE_LABELS.get(route.rule, UNMATCHED_ROUTE) if route is not None else UNMATCHED_ROUTE
         self.counter.count(label, statuses[-1][:3] if statuses else "000")
+        self.counter.observe(label, time.perf_counter() - started)
         return result

@@ -16,7 +16,11 @@ from __future__ import annotations
 import fcntl
 import mmap
 import threading
-from typing import TYPE_CHECKING, Any, Iterable, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import funding_api_latency
+import funding_disconnects
+from funding_monitor_state import HEALTHY, MonitorFileError, MonitorFiles, MonitorStatus, RestartHistory
 
 if TYPE_CHECKING:  # the API's supervisor imports this module for the counters alone
     from funding_api_view import SnapshotView, StateViews
@@ -52,7 +56,9 @@ STREAMS_OPEN_SLOT = STARTS_SLOT + 1  # a gauge: this worker's open /funding/stre
 STREAMS_REFUSED_SLOT = STREAMS_OPEN_SLOT + 1
 STREAM_EVENTS_SLOT = STREAMS_REFUSED_SLOT + 1  # one slot per STREAM_EVENT_KINDS
 STREAMS_DROPPED_SLOT = STREAM_EVENTS_SLOT + len(STREAM_EVENT_KINDS)  # one slot per STREAM_DROP_REASONS
-REGION_SLOTS = STREAMS_DROPPED_SLOT + len(STREAM_DROP_REASONS)
+LATENCY_WIDTH = funding_api_latency.SLOTS + 1  # per route: funding_api_latency's buckets, then the sum in microseconds
+LATENCY_BASE = STREAMS_DROPPED_SLOT + len(STREAM_DROP_REASONS)
+REGION_SLOTS = LATENCY_BASE + len(ROUTES) * LATENCY_WIDTH
 REGION_BYTES = REGION_SLOTS * 8
 
 
@@ -179,6 +185,23 @@ class SharedCounters:
         return result
 
 
+    def observe(self, route: str, seconds: float) -> None:
+        """One request's latency on `route` (funding_api_latency's buckets and sum, in this process's region)."""
+        base = LATENCY_BASE + _ROUTE_INDEX.get(route, _ROUTE_INDEX["other"]) * LATENCY_WIDTH
+        with self._lock:
+            self._own[base + funding_api_latency.bucket_index(seconds)] += 1
+            self._own[base + funding_api_latency.SLOTS] += funding_api_latency.as_microseconds(seconds)
+
+    def latency(self) -> Dict[str, Tuple[Sequence[int], int]]:
+        """route -> (count per bucket slot, sum in microseconds), summed over all regions."""
+        result = {}
+        for index, route in enumerate(ROUTES):
+            base = LATENCY_BASE + index * LATENCY_WIDTH
+            slots = [self._total(base + offset) for offset in range(LATENCY_WIDTH)]
+            result[route] = (slots[:-1], slots[-1])
+        return result
+
+
 # The name the application uses for its request counter.
 RequestCounter = SharedCounters
 
@@ -207,6 +230,9 @@ class _Exposition:
 
     def single(self, name: str, kind: str, help_text: str, value: Optional[float]) -> None:
         self.family(name, kind, help_text, [("", value)])
+
+    def raw(self, lines: Iterable[str]) -> None:
+        self.lines.extend(lines)
 
     def text(self) -> bytes:
         return ("\n".join(self.lines) + "\n").encode("utf-8")
@@ -267,6 +293,7 @@ def render_metrics(
     now: float,
     started_at: float,
     stale_seconds: float = 180.0,
+    monitor: Optional[MonitorFiles] = None,
     history: Optional["HistoryReader"] = None,
     history_budget: Optional[Mapping[str, Any]] = None,
 ) -> bytes:
@@ -413,9 +440,67 @@ def render_metrics(
     )
     out.lines.extend(history_lines(history, history_budget, view, now))
     out.family(
+        "funding_daemon_disconnects_total",
+        "counter",
+        "WebSocket connections that ended, by kind of reason (funding_disconnects; the journal has the full reason).",
+        [('reason="%s"' % kind, (status(funding_disconnects.status_key(kind)) or 0) if view else None)
+         for kind in funding_disconnects.KINDS],
+    )
+    out.family(
         "funding_api_requests_total",
         "counter",
         "HTTP requests answered, by route template and status code.",
         [('route="%s",status="%s"' % (_escape(route), _escape(code)), n) for (route, code), n in counter.items()],
     )
+    out.raw(funding_api_latency.exposition_lines(counter.latency()))
+    if monitor is not None:
+        render_monitor(out, monitor, now)
     return out.text()
+
+
+def render_monitor(out: _Exposition, files: MonitorFiles, now: float) -> None:
+    """The health monitor's restarts and last verdict, from the files it keeps in the state directory."""
+    history = RestartHistory(files.restart_file, files.window_seconds)
+    problem = history.load()
+    try:
+        status: Optional[MonitorStatus] = MonitorStatus.load(files.status_file)
+    except MonitorFileError:
+        status = None
+    units = list(files.units) + sorted(set(history.restarts) | set(history.totals) - set(files.units))
+    recent = {unit: len(history.recent(unit, now)) for unit in units}
+    out.family(
+        "funding_monitor_restarts_total",
+        "counter",
+        "Restarts the health monitor made, by unit (from its restart history).",
+        [('unit="%s"' % _escape(unit), history.totals.get(unit, 0)) for unit in units],
+    )
+    out.family(
+        "funding_monitor_restarts_in_window",
+        "gauge",
+        "Restarts by unit within the monitor's restart window (FUNDING_RESTART_WINDOW_MINUTES).",
+        [('unit="%s"' % _escape(unit), recent[unit]) for unit in units],
+    )
+    out.family(
+        "funding_monitor_restart_budget_remaining",
+        "gauge",
+        "Restarts the monitor may still make per unit in the window; 0: it only reports (manual action needed).",
+        [('unit="%s"' % _escape(unit), max(0, files.max_restarts - recent[unit])) for unit in units],
+    )
+    out.single(
+        "funding_monitor_files_ok",
+        "gauge",
+        "1 when the monitor's restart history and status files are readable (or not yet written), else 0.",
+        0 if problem or status is None else 1,
+    )
+    out.single(
+        "funding_monitor_last_check_timestamp_seconds",
+        "gauge",
+        "When the health monitor last finished a check (Unix time).",
+        status.checked_at if status else None,
+    )
+    out.single(
+        "funding_monitor_healthy",
+        "gauge",
+        "1 when the monitor's last check was HEALTHY, 0 when UNHEALTHY.",
+        (1 if status.status == HEALTHY else 0) if status and status.status else None,
+    )

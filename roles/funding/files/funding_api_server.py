@@ -47,6 +47,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import funding_settings
 import funding_systemd
 from funding_api_metrics import SharedCounters, counters_file_size
+from funding_log import event
+from funding_monitor_state import MonitorFiles
 
 PROG = "funding_api_server"
 log = logging.getLogger("funding_api")
@@ -58,7 +60,8 @@ PORT = S.API_PORT
 SETTINGS = (
     HOST, PORT, S.STATE_FILE, S.STALE_SECONDS, S.DISCONNECT_GRACE, S.MAX_MESSAGE_AGE, S.COVERAGE_GRACE_SECONDS,
     S.API_WORKERS, S.API_STATE_POLL, S.API_HEADER_TIMEOUT, S.API_MAX_STREAMS, S.API_STREAM_SEND_TIMEOUT,
-    S.HISTORY_DB, S.LOG_LEVEL,
+    S.LOG_LEVEL, S.MONITOR_STATE_FILE, S.MONITOR_STATUS_FILE, S.MAX_RESTARTS, S.RESTART_WINDOW, S.WS_UNIT,
+    S.API_UNIT, S.HISTORY_DB,
 )
 
 BACKLOG = 1024
@@ -96,6 +99,8 @@ class WorkerSettings:
     stream_send_timeout_seconds: float = funding_settings.API_STREAM_SEND_TIMEOUT.parse(
         funding_settings.API_STREAM_SEND_TIMEOUT.default
     )
+    # The health monitor's files, whose restarts and verdicts /metrics exposes (None: not exposed).
+    monitor: Optional[MonitorFiles] = None
     history_db: str = ""
 
 
@@ -134,6 +139,7 @@ def build_worker_app(settings: WorkerSettings, worker_id: int) -> Callable[..., 
         coverage_grace_seconds=settings.coverage_grace_seconds,
         max_data_age_seconds=settings.max_data_age_seconds,
         started_at=settings.started_at,
+        monitor=settings.monitor,
         history=HistoryReader(settings.history_db) if settings.history_db else None,
         history_budget_file=default_budget_path(settings.history_db) if settings.history_db else None,
     )
@@ -383,7 +389,8 @@ class Supervision(threading.Thread):
             if problem is None:
                 funding_systemd.watchdog()
             else:
-                log.warning("self-check failed (%s); not feeding the systemd watchdog", problem)
+                log.warning("self-check failed (%s); not feeding the systemd watchdog", problem,
+                            extra=event("self_check_failed", error=problem))
             delay = max(0.0, self.interval - (time.monotonic() - began))
 
 
@@ -430,7 +437,8 @@ class Workers:
         process = subprocess.Popen(self.command(worker_id), pass_fds=(self.listen_fd,), stdin=subprocess.DEVNULL)
         self.processes[worker_id] = process
         self.started_at[worker_id] = time.monotonic()
-        log.info("worker %d started (pid %d)", worker_id, process.pid)
+        log.info("worker %d started (pid %d)", worker_id, process.pid,
+                 extra=event("worker_start", worker=worker_id, pid=process.pid))
 
     def start_all(self) -> None:
         for worker_id in range(1, self.count + 1):
@@ -444,9 +452,11 @@ class Workers:
                 continue
             lived = time.monotonic() - self.started_at[worker_id]
             self.quick_deaths = self.quick_deaths + 1 if lived < QUICK_DEATH_SECONDS else 0
-            log.error("worker %d (pid %d) exited with status %s after %.1f s", worker_id, process.pid, status, lived)
+            log.error("worker %d (pid %d) exited with status %s after %.1f s", worker_id, process.pid, status, lived,
+                      extra=event("worker_exit", worker=worker_id, pid=process.pid, status=status, lived_s=lived))
             if self.quick_deaths >= CRASH_LOOP_DEATHS:
-                log.error("workers keep dying within %.0f s of their start: giving up", QUICK_DEATH_SECONDS)
+                log.error("workers keep dying within %.0f s of their start: giving up", QUICK_DEATH_SECONDS,
+                          extra=event("crash_loop", deaths=self.quick_deaths))
                 return False
             self.start(worker_id)
         return True
@@ -461,7 +471,7 @@ class Workers:
                 process.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 log.warning("worker %d (pid %d) did not stop within %.0f s: killed", worker_id, process.pid,
-                            WORKER_STOP_SECONDS)
+                            WORKER_STOP_SECONDS, extra=event("worker_killed", worker=worker_id, pid=process.pid))
                 process.kill()
                 process.wait()
 
@@ -488,6 +498,13 @@ def worker_settings(values: Dict[str, Any], counters_path: str, started_at: floa
         started_at=started_at,
         max_streams=values[funding_settings.API_MAX_STREAMS.env],
         stream_send_timeout_seconds=values[funding_settings.API_STREAM_SEND_TIMEOUT.env],
+        monitor=MonitorFiles(
+            restart_file=values[S.MONITOR_STATE_FILE.env],
+            status_file=values[S.MONITOR_STATUS_FILE.env],
+            window_seconds=values[S.RESTART_WINDOW.env] * 60,
+            max_restarts=values[S.MAX_RESTARTS.env],
+            units=(values[S.WS_UNIT.env], values[S.API_UNIT.env]),
+        ),
         history_db=values[funding_settings.HISTORY_DB.env],
     )
 
@@ -504,7 +521,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         listener, origin = listening_socket(host, port)
     except (OSError, ValueError) as exc:
-        log.error("cannot listen on %s port %s: %s", host, port, exc)
+        log.error("cannot listen on %s port %s: %s", host, port, exc,
+                  extra=event("listen_failed", host=host, port=port, error=str(exc)))
         return 1
     bound_host, bound_port = listener.getsockname()[:2]
     counters_path = create_counters_file(count)
@@ -520,6 +538,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     log.info(
         "listening on http://%s:%d (%s) with %d worker processes; state file %s",
         bound_host, bound_port, origin, count, values[funding_settings.STATE_FILE.env],
+        extra=event("start", url="http://%s:%d" % (bound_host, bound_port), socket=origin, workers=count,
+                    state_file=values[funding_settings.STATE_FILE.env]),
     )  # fmt: skip
     supervision = Supervision(
         str(bound_host),
@@ -545,7 +565,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             os.unlink(counters_path)
         except OSError:
             pass
-    log.info("stopped")
+    log.info("stopped", extra=event("stop", exit_code=exit_code))
     return exit_code
 
 

@@ -22,6 +22,7 @@ import funding_json
 import funding_terms
 import funding_universe
 from funding_health import FeedSnapshot
+from funding_log import event
 from funding_state import (
     StateReader,
     StateSnapshot,
@@ -360,15 +361,19 @@ class StateViews:
             return
         self._last_error = key
         if key is None:
-            log.info("state file %s is readable again", self.reader.path)
+            log.info("state file %s is readable again", self.reader.path,
+                     extra=event("state_file_recovered", path=self.reader.path))
             return
         self.load_errors += 1
         if self.on_error is not None:
             self.on_error()
         if view is not None:
-            log.warning("%s; serving the last good state (%d symbols)", snapshot.error, view.count)
+            log.warning("%s; serving the last good state (%d symbols)", snapshot.error, view.count,
+                        extra=event("state_file_error", path=self.reader.path, error=snapshot.error,
+                                    serving=view.count))
         else:
-            log.warning("%s; no state to serve yet", snapshot.error)
+            log.warning("%s; no state to serve yet", snapshot.error,
+                        extra=event("state_file_error", path=self.reader.path, error=snapshot.error, serving=0))
 
 
 class ViewRefresher(threading.Thread):
@@ -387,4 +392,5 @@ class ViewRefresher(threading.Thread):
             try:
                 refresh()
             except Exception:
-                log.exception("refreshing the state view failed; serving the previous one")
+                log.exception("refreshing the state view failed; serving the previous one",
+                              extra=event("refresh_failed"))

@@ -41,13 +41,22 @@ Recovery rules (never with --no-restart):
 Restarts run `<FUNDING_SUDO> -n <FUNDING_SYSTEMCTL> restart <unit>`, exactly what
 the sudoers drop-in grants, then wait up to FUNDING_RESTART_WAIT_SECONDS for
 `is-active` to say active.
+
+After the checks and the restarts (never before: a slow receiver must not delay
+them), the verdict is saved in FUNDING_MONITOR_STATUS_FILE and, when
+FUNDING_ALERT_WEBHOOK_URL is set, a webhook is sent on a status change or a
+restart, at most once per FUNDING_ALERT_MIN_INTERVAL_MINUTES per kind, bounded
+by FUNDING_ALERT_TIMEOUT_SECONDS (funding_alerts). --no-restart only looks: no
+restart, no status saved, no webhook.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -55,12 +64,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+import funding_alerts
 import funding_health
 import funding_json
 import funding_settings
 import funding_terms
 from funding_compare import compare_price, judge_funding_rate, local_event_ms
 from funding_history import HistoryError, HistoryReader
+from funding_log import log_event
+from funding_monitor_state import MonitorFileError, MonitorStatus, RestartHistory
 from funding_rest import BinanceRest, JsonHttpClient, PremiumIndex, RestError
 from funding_state import (
     StateFileError,
@@ -70,7 +82,6 @@ from funding_state import (
     read_state,
     settlement_ok,
     universe_of,
-    write_state_atomic,
 )
 from funding_universe import TRADIFI_CONTRACT_TYPE
 
@@ -84,7 +95,8 @@ SETTINGS = (
     S.MAX_MESSAGE_AGE, S.COVERAGE_GRACE_SECONDS, S.HTTP_TIMEOUT, S.SPOT_CHECK_SYMBOL, S.PRICE_WARN_PERCENT,
     S.PRICE_ERROR_PERCENT,
     S.SPOT_SAME_MOMENT, S.SPOT_TIME_GAP, S.DAEMON_STUCK, S.MAX_RESTARTS, S.RESTART_WINDOW, S.RESTART_WAIT,
-    S.SYSTEMCTL_TIMEOUT, S.SYSTEMCTL, S.SUDO, S.MONITOR_STATE_FILE, S.WS_UNIT, S.API_UNIT, S.HISTORY_DB,
+    S.SYSTEMCTL_TIMEOUT, S.SYSTEMCTL, S.SUDO, S.MONITOR_STATE_FILE, S.WS_UNIT, S.API_UNIT, S.MONITOR_STATUS_FILE,
+    S.ALERT_WEBHOOK_URL, S.ALERT_MIN_INTERVAL, S.ALERT_TIMEOUT, S.HISTORY_DB,
 )
 # funding_health's reasons this report states in its own (the seed's) words; any other reason is reported as is.
 REPORTED_REASONS = ("state_file", "disconnected", "no_symbols", "no_data")
@@ -120,6 +132,7 @@ class Report:
     checks: Dict[str, Any] = field(default_factory=dict)
     restarts: List[Dict[str, Any]] = field(default_factory=list)
     upstream_outage: bool = False
+    alert: Optional[Dict[str, Any]] = None  # the webhook this run sent: kinds, delivered, detail
 
     def add_info(self, line: str) -> None:
         self.info.append(line)
@@ -160,6 +173,7 @@ class Report:
             "errors": list(self.errors),
             "upstream_outage": self.upstream_outage,
             "restarts": list(self.restarts),
+            "alert": self.alert,
             "checks": dict(self.checks),
         }
 
@@ -226,45 +240,6 @@ class Systemctl:
 def _last_line(text: str) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else ""
-
-
-# --------------------------------------------------------------------------- restart history
-
-
-class RestartHistory:
-    """When each unit was restarted, within the window; a small JSON file written atomically."""
-
-    def __init__(self, path: str, window_seconds: float) -> None:
-        self.path = path
-        self.window_seconds = window_seconds
-        self.restarts: Dict[str, List[float]] = {}
-
-    def load(self) -> Optional[str]:
-        """Read the file; return a warning if it was unusable and has been reset."""
-        try:
-            with open(self.path, "rb") as handle:
-                payload = funding_json.loads(handle.read())
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError, UnicodeDecodeError) as exc:
-            return "Restart history %s was unreadable (%s); starting a new one" % (self.path, _short(exc))
-        restarts = payload.get("restarts") if isinstance(payload, dict) else None
-        if not isinstance(restarts, dict) or not all(
-            isinstance(times, list) and all(finite_number(t) is not None for t in times) for times in restarts.values()
-        ):
-            return "Restart history %s was not in the expected format; starting a new one" % self.path
-        self.restarts = {str(unit): [float(t) for t in times] for unit, times in restarts.items()}
-        return None
-
-    def recent(self, unit: str, now: float) -> List[float]:
-        return [t for t in self.restarts.get(unit, []) if now - self.window_seconds < t <= now + 60]
-
-    def record(self, unit: str, now: float) -> None:
-        """Add a restart and save; raise OSError if it cannot be saved."""
-        pruned = {u: self.recent(u, now) for u in self.restarts}
-        pruned[unit] = [*pruned.get(unit, []), now]
-        write_state_atomic(self.path, {"restarts": {u: times for u, times in pruned.items() if times}})
-        self.restarts = pruned
 
 
 def _short(exc: BaseException) -> str:
@@ -762,6 +737,49 @@ class HealthMonitor:
             time.sleep(RESTART_POLL_SECONDS)
 
 
+# --------------------------------------------------------------------------- after the checks: status and webhook
+
+
+def announce(config: Mapping[str, Any], report: Report, log: Any, host: Optional[str] = None) -> None:
+    """Save this check's verdict; send the webhook it owes, if any. Never raises, never waits past the timeout."""
+    path = config["FUNDING_MONITOR_STATUS_FILE"]
+    try:
+        saved = MonitorStatus.load(path)
+    except MonitorFileError as exc:
+        report.warn("Monitor status %s; starting a new one" % exc)
+        saved = MonitorStatus()
+    status = "HEALTHY" if report.healthy else "UNHEALTHY"
+    url = config["FUNDING_ALERT_WEBHOOK_URL"]
+    alert = None
+    if url is not None:
+        alert = funding_alerts.due_alert(
+            saved, status=status, reasons=report.errors, actions=report.restarts, now=report.started_at,
+            min_interval_seconds=config["FUNDING_ALERT_MIN_INTERVAL_MINUTES"] * 60,
+            host=host or socket.gethostname(),
+        )
+    if alert is not None:
+        for kind in alert.kinds:
+            saved.attempts[kind] = report.started_at
+        delivery = funding_alerts.post_json(url, alert.payload, config["FUNDING_ALERT_TIMEOUT_SECONDS"])
+        report.alert = {"kinds": list(alert.kinds), "delivered": delivery.delivered, "detail": delivery.detail}
+        kinds = ",".join(alert.kinds)
+        if delivery.delivered:
+            saved.announced = status
+            report.add_info("Webhook alert sent (%s): %s" % (kinds, delivery.detail))
+            log_event(log, logging.INFO, "alert_sent", kinds=kinds, status=status, answer=delivery.detail)
+        else:
+            retry_min = config["FUNDING_ALERT_MIN_INTERVAL_MINUTES"]
+            report.warn("Webhook alert (%s) not delivered: %s; next attempt after %g minutes"
+                        % (kinds, delivery.detail, retry_min))
+            log_event(log, logging.WARNING, "alert_failed", kinds=kinds, status=status, error=delivery.detail,
+                      next_attempt_min=retry_min)
+    saved.status, saved.checked_at, saved.reasons = status, report.started_at, list(report.errors)
+    try:
+        saved.save(path)
+    except (OSError, ValueError) as exc:
+        report.warn("Cannot save the monitor status in %s (%s)" % (path, _short(exc)))
+
+
 def _mtime(path: str) -> Optional[float]:
     try:
         return os.stat(path).st_mtime
@@ -789,13 +807,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         report = monitor.run()
     except Exception as exc:  # a monitor must report, never die with a traceback
         log.debug("internal error", exc_info=True)
+        log_event(log, logging.ERROR, "internal_error", error=str(exc))
         report = monitor.report
         report.error("Health check could not finish: internal error: %s" % exc)
     finally:
         monitor.close()
+    # Each restart before the webhook's outcome: the order things happened in.
     for action in report.restarts:
-        log.info("restart %s (%s): %s%s", action["unit"], action["reason"], action["result"],
-                 (": %s" % action["detail"]) if action["detail"] else "")
+        level = logging.INFO if action["result"] in ("restarted", "disabled") else logging.WARNING
+        log_event(log, level, "restart", unit=action["unit"], reason=action["reason"], result=action["result"],
+                  detail=action["detail"])
+    if not args.no_restart:
+        announce(config, report, log)
+    log_event(log, logging.INFO if report.healthy else logging.WARNING, "check",
+              status="HEALTHY" if report.healthy else "UNHEALTHY", errors=len(report.errors),
+              warnings=len(report.warnings), restarts=len(report.restarts),
+              upstream_outage=report.upstream_outage)
     if args.json:
         print(funding_json.dumps(report.to_json(), pretty=True).decode("utf-8"))
     else:

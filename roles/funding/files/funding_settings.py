@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence
 from urllib.parse import urlsplit
 
+from funding_log import KeyValueFormatter
 from funding_state import DEFAULT_STATE_FILE
 from funding_version import VERSION
 
@@ -30,6 +31,8 @@ class Setting:
     default: str
     help: str
     parse: Callable[[str], Any] = str
+    # A secret (a webhook URL with its token): --help, errors and logs never show its value.
+    secret: bool = False
 
 
 class SettingsError(ValueError):
@@ -90,6 +93,17 @@ def optional_http_url(text: str) -> Optional[str]:
     if text.strip().lower() in OFF_WORDS:
         return None
     return http_url(text).rstrip("/")
+
+
+def optional_webhook_url(text: str) -> Optional[str]:
+    """An http(s) URL, or None when empty or off/none/disabled. The error never repeats the value (a secret)."""
+    stripped = text.strip()
+    if not stripped or stripped.lower() in OFF_WORDS:
+        return None
+    parts = urlsplit(stripped)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("must be an http:// or https:// URL, or empty for no webhook")
+    return stripped
 
 
 def absolute_path(text: str) -> str:
@@ -278,6 +292,23 @@ MONITOR_STATE_FILE = Setting(
     "FUNDING_MONITOR_STATE_FILE", "/var/lib/binance-funding/monitor-restarts.json",
     "restart history (JSON, written atomically)", absolute_path,
 )
+MONITOR_STATUS_FILE = Setting(
+    "FUNDING_MONITOR_STATUS_FILE", "/var/lib/binance-funding/monitor-status.json",
+    "the last check's verdict and the webhook bookkeeping (JSON, written atomically)", absolute_path,
+)
+ALERT_WEBHOOK_URL = Setting(
+    "FUNDING_ALERT_WEBHOOK_URL", "",
+    "http(s) URL that receives a JSON POST (Slack/Mattermost 'text' plus fields) on health transitions and "
+    "restarts; empty: no webhook",
+    optional_webhook_url, secret=True,
+)
+ALERT_MIN_INTERVAL = Setting(
+    "FUNDING_ALERT_MIN_INTERVAL_MINUTES", "30",
+    "at most one webhook per state (healthy, unhealthy, restart) per this many minutes", non_negative_float,
+)
+ALERT_TIMEOUT = Setting(
+    "FUNDING_ALERT_TIMEOUT_SECONDS", "5", "the webhook POST gives up after this long in total", positive_float
+)
 WS_UNIT = Setting("FUNDING_WS_UNIT", "binance-funding-ws.service", "unit of the WebSocket daemon", unit_name)
 API_UNIT = Setting("FUNDING_API_UNIT", "binance-funding-api.service", "unit of the HTTP API", unit_name)
 
@@ -338,7 +369,8 @@ def build_parser(prog: str, description: str, settings: Sequence[Setting]) -> ar
     width = max(len(s.env) for s in settings) if settings else 0
     lines = ["environment variables (default in brackets):"]
     for s in settings:
-        lines.append("  %-*s  %s [%s]" % (width, s.env, s.help, s.default))
+        default = "secret, not shown" if s.secret else s.default
+        lines.append("  %-*s  %s [%s]" % (width, s.env, s.help, default))
     parser = argparse.ArgumentParser(
         prog=prog,
         description=description,
@@ -360,7 +392,7 @@ def resolve(settings: Sequence[Setting], environ: Optional[Mapping[str, str]] = 
         try:
             values[s.env] = s.parse(text)
         except (ValueError, TypeError) as exc:
-            problems.append("%s=%r: %s" % (s.env, text, exc))
+            problems.append("%s=%s: %s" % (s.env, "(secret, not shown)" if s.secret else repr(text), exc))
     if problems:
         raise SettingsError("; ".join(problems))
     return values
@@ -387,12 +419,9 @@ def load(
 
 
 def setup_logging(level: str, name: str) -> logging.Logger:
-    """Plain lines on stderr: journald adds the time, host and unit itself."""
+    """key=value lines on stderr (funding_log); under journald without the time, which journald adds itself."""
     handler = logging.StreamHandler(sys.stderr)
-    if os.environ.get("JOURNAL_STREAM"):
-        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(KeyValueFormatter(under_journald=bool(os.environ.get("JOURNAL_STREAM"))))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
