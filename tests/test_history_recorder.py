@@ -61,7 +61,7 @@ def ledger(sim, since_ms: int = 0, until_ms: int = 2**62) -> dict:
     for symbol in sim.universe()["tradingPerpetuals"]:
         for row in sim.funding(symbol)["rows"]:
             slot = (row["fundingTime"] + 500) // 1000 * 1000
-            if since_ms <= row["fundingTime"] <= until_ms:
+            if since_ms <= slot <= until_ms:  # by settlement: a fundingTime reported 5 ms late is the same one
                 result[(symbol, slot)] = (float(row["fundingRate"]), float(row["markPrice"]))
     return result
 
