@@ -65,7 +65,7 @@ import re
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import bottle
 import funding_api_history
@@ -264,6 +264,17 @@ def _reply(status: int, body: bytes, content_type: str = JSON_CONTENT_TYPE, cach
     return body
 
 
+def symbol_in_path(text: str) -> Union[str, bytes]:
+    """The symbol a path names, or the error reply (400 invalid, 404 for an endpoint's own name)."""
+    name = normalise_symbol(text)
+    if name is None:
+        return _reply(400, error_body(400, "invalid_symbol", "symbol must match [A-Z0-9_]{1,40}: %r" % echo(text)))
+    if name in RESERVED_NAMES:
+        return _reply(404, error_body(
+            404, "reserved", "%s is an endpoint name, not a symbol; see /funding/%s" % (name, name.lower())))
+    return name
+
+
 def _history_reply(reply: funding_api_history.Reply) -> bytes:
     return _reply(reply.status, reply.body, reply.content_type, reply.cache_control)
 
@@ -300,14 +311,9 @@ def build_app(views: StateViews, config: ApiConfig, counter: RequestCounter) -> 
 
     @app.get("/funding/<symbol>/history")
     def symbol_history(symbol: str) -> bytes:
-        name = normalise_symbol(symbol)
-        if name is None:
-            return _reply(
-                400,
-                error_body(400, "invalid_symbol", "symbol must match [A-Z0-9_]{1,40}: %r" % echo(symbol)),
-            )
-        if name in RESERVED_NAMES:
-            return _reply(404, error_body(404, "reserved", "%s is an endpoint name, not a symbol" % name))
+        name = symbol_in_path(symbol)
+        if isinstance(name, bytes):
+            return name
         view, _snapshot = views.current()
         served = view is not None and name in view.records
         delisted = view is not None and name in view.delisted
@@ -361,19 +367,9 @@ def build_app(views: StateViews, config: ApiConfig, counter: RequestCounter) -> 
 
     @app.get("/funding/<symbol>")
     def one_symbol(symbol: str) -> bytes:
-        name = normalise_symbol(symbol)
-        if name is None:
-            return _reply(
-                400,
-                error_body(400, "invalid_symbol", "symbol must match [A-Z0-9_]{1,40}: %r" % echo(symbol)),
-            )
-        if name in RESERVED_NAMES:
-            return _reply(
-                404,
-                error_body(
-                    404, "reserved", "%s is an endpoint name, not a symbol; see /funding/%s" % (name, name.lower())
-                ),
-            )
+        name = symbol_in_path(symbol)
+        if isinstance(name, bytes):
+            return name
         view, snapshot = views.current()
         if view is None:
             return unavailable(snapshot)
