@@ -494,7 +494,7 @@ def test_four_readers_never_see_a_torn_file_across_200_daemon_writes(simulator_f
     print("reader results: %s" % results)
 
 
-def _mount_tmpfs(directory: Path, size: str) -> bool:
+def mount_tmpfs(directory: Path, size: str) -> bool:
     if os.geteuid() != 0:
         return False
     result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%s,mode=0755" % size, "tmpfs", str(directory)],
@@ -505,7 +505,7 @@ def _mount_tmpfs(directory: Path, size: str) -> bool:
 def test_a_full_disk_is_survived_logged_once_and_writes_resume(simulator_factory, daemon_factory, tmp_path):
     mount_point = tmp_path / "small"
     mount_point.mkdir()
-    if not _mount_tmpfs(mount_point, "1m"):
+    if not mount_tmpfs(mount_point, "1m"):
         pytest.skip("cannot mount a small tmpfs here (needs root and mount rights)")
     daemon = None
     try:

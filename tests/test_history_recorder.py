@@ -16,7 +16,7 @@ import funding_rest_budget
 import funding_state
 import pytest
 from conftest import PROGRAMS
-from test_daemon import daemon_factory  # noqa: F401, F811  (fixture)
+from test_daemon import daemon_factory, mount_tmpfs  # noqa: F401, F811  (daemon_factory is a fixture)
 
 RECORDER = PROGRAMS / "funding_history_recorder.py"
 DAY_MS = 86_400_000
@@ -291,18 +291,10 @@ def test_kill_9_in_the_middle_of_a_big_backfill_never_corrupts_the_database(simu
     assert len(got) > 150_000 and first >= since - 60_000
 
 
-def _mount_tmpfs(directory: Path, size: str) -> bool:
-    if os.geteuid() != 0:
-        return False
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%s,mode=0755" % size, "tmpfs", str(directory)],
-                            capture_output=True, check=False)
-    return result.returncode == 0
-
-
 def test_a_full_disk_fails_the_run_cleanly_and_the_next_run_completes(simulator_factory, tmp_path, no_state):
     mount_point = tmp_path / "small"
     mount_point.mkdir()
-    if not _mount_tmpfs(mount_point, "3m"):
+    if not mount_tmpfs(mount_point, "3m"):
         pytest.skip("cannot mount a small tmpfs here (needs root and mount rights)")
     try:
         sim = simulator_factory().client  # 7 days: about 26 000 rows, 3-4 MB with its index
