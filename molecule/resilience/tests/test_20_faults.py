@@ -337,7 +337,7 @@ def test_case_09_state_file_corrupted_then_deleted(host, reader, case_row):
 
 def test_case_10_disk_full_keeps_the_old_file_and_recovers(host, reader, case_row):
     filler = "/var/lib/binance-funding/.resilience-filler"
-    with case_row("10 disk full (1 MiB tmpfs)", "daemon logs, keeps running, old file intact; recovers when space "
+    with case_row("10 disk full (small tmpfs)", "daemon logs, keeps running, old file intact; recovers when space "
                   "returns") as row:
         wait_fresh(host, now() - 3, 60)
         pid, count = main_pid(host, WS_UNIT), restarts(host, WS_UNIT)
