@@ -219,7 +219,7 @@ def test_case_04_stalled_socket_is_replaced_within_no_data_seconds_plus_backoff(
             def reconnected():
                 lines = journal_lines(host, WS_UNIT, stalled_at)
                 silent = [(t, x) for t, x in lines if "silent for" in x]
-                connected = [t for t, x in lines if x.startswith("INFO connected #") and silent and t > silent[0][0]]
+                connected = [t for t, x in lines if "event=connected " in x and silent and t > silent[0][0]]
                 return (silent[0], connected[0], lines) if connected else None
 
             (silent_at, silent_text), connected_at, lines = wait_for(
@@ -232,7 +232,7 @@ def test_case_04_stalled_socket_is_replaced_within_no_data_seconds_plus_backoff(
         backoff = delays[0] if delays else 0.0
         row.recovered_in = connected_at - stalled_at
         row.observed = "%s; reconnected %.1f s after the stall began (backoff %.1f s); fresh %.1f s after it ended" % (
-            silent_text.replace("INFO ", "")[:60], connected_at - stalled_at, backoff, fresh["elapsed"])
+            silent_text.split("msg=", 1)[-1][:60], connected_at - stalled_at, backoff, fresh["elapsed"])
         assert fresh["ok"], fresh
         # Silence is counted from the last frame (pushes every 1 s); closing takes up to one close handshake (1 s).
         assert connected_at - stalled_at <= NO_DATA_SECONDS + backoff + 3, row.observed
@@ -411,14 +411,15 @@ def test_case_07_close_at_the_simulated_24_h_mark_without_a_503(host, reader, ca
         time.sleep(3)
         ended = now()
         lines = [x for _, x in journal_lines(host, WS_UNIT, started)]
-        rotation = [x for x in lines if x.startswith("INFO rotated:")]
+        rotation = [x for x in lines if "event=rotated " in x]
         dropped = [x for x in lines if "disconnected #" in x or "lifetime exceeded" in x]
         ever = host.run("journalctl -u %s --no-pager -o cat | grep -c 'lifetime exceeded'" % WS_UNIT).stdout.strip()
         spans = reader.health_in(started, ended)
         closed = get_json(host, SIMULATOR + "/_sim/status")[1]["connectionsClosed"]
         row.recovered_in = 0.0
         row.observed = "%s; %s; the simulator's %.0f s lifetime closed %s connections so far, %s of them the " \
-            "daemon's" % ((rotation[0][5:100] if rotation else "no rotation line"), spans_text(spans), lifetime,
+            "daemon's" % ((rotation[0].split("msg=", 1)[-1][:95] if rotation else "no rotation line"),
+                          spans_text(spans), lifetime,
                           closed.get("lifetime", 0), ever or "0")
         assert rotation and not dropped, lines[-20:]
         assert all(s[2] == 200 for s in spans), spans
