@@ -259,7 +259,10 @@ def test_s8_hostile_symbols_and_queries_are_400_never_5xx(host, case_row):
             ok_body = body.startswith("{") and '"error"' in body and "root:" not in body and "Traceback" not in body
             # An encoded slash leaves the one-segment /funding/{symbol} route: an unknown endpoint, 404.
             expected = (400, 404) if "%2f" in path.lower() else (400, 414)
-            if status not in expected or not ok_body:
+            # A request target of 64 KiB or more never reaches the application: Granian answers its own bare 414
+            # (README, "The API server").
+            refused_by_server = status == 414 and len(path) >= 64 * 1024
+            if status not in expected or not (ok_body or refused_by_server):
                 wrong.append((path[:70], status, body[:100]))
         # Traversal that leaves /funding/{symbol} (curl keeps the dots): an unknown route, still a JSON 4xx.
         for raw in ("/funding/../../etc/passwd", "/funding/./../funding/BTCUSDT/../../etc/shadow", "/..%2f..%2fetc"):
