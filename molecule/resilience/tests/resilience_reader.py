@@ -310,6 +310,10 @@ class Checker:
             return
         served = (float(mark), number(record.get("fundingRate")), record.get("nextFundingTime"))
         pushed = [(q[0], q[1], q[3]) for q in self.history.pushed_values(str(symbol))]
+        if not pushed:
+            # Never on the streams this reader follows (the array): TradFi symbols arrive on per-symbol streams.
+            self.journal.count("api_unverified")
+            return
         if served in pushed:
             self.journal.count("api_verified")
         elif updated * 1000 > self.history.newest_event_ms - 2000 or self.history.in_gap(updated):
