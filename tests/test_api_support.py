@@ -20,7 +20,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import funding_state
 import pytest
@@ -266,8 +266,41 @@ class ApiProcess:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+# Starts a program the way systemd socket activation does: the given descriptors become 3, 4, ... (LISTEN_FDS, with
+# LISTEN_PID of the process that runs the program).
+SOCKET_ACTIVATION = """
+import fcntl, os, sys
+program, sources = sys.argv[1], [int(fd) for fd in sys.argv[2:]]
+high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 64) for fd in sources]
+for fd in sources:
+    os.close(fd)
+for index, fd in enumerate(high):
+    os.dup2(fd, 3 + index)
+    os.close(fd)
+os.environ.update(LISTEN_FDS=str(len(high)), LISTEN_PID=str(os.getpid()))
+os.execv(sys.executable, [sys.executable, program])
+"""
+
+
+def reuseport_sockets(count: int, port: int = 0) -> List[socket.socket]:
+    """`count` listening sockets on one loopback port in one SO_REUSEPORT group, as the role's socket unit has
+    systemd make them (ListenStream= once per worker, ReusePort=yes)."""
+    sockets: List[socket.socket] = []
+    for _ in range(count):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(("127.0.0.1", port))
+        sock.listen(128)
+        port = sock.getsockname()[1]
+        sockets.append(sock)
+    return sockets
+
+
 def start_api(
-    state_file: Optional[Path] = None, env: Optional[Dict[str, str]] = None, workdir: Optional[str] = None
+    state_file: Optional[Path] = None,
+    env: Optional[Dict[str, str]] = None,
+    workdir: Optional[str] = None,
+    listen_sockets: Sequence[socket.socket] = (),
 ) -> ApiProcess:
     workdir = workdir or short_tempdir()
     state_file = state_file or Path(workdir) / "state.json"
@@ -287,10 +320,12 @@ def start_api(
     )
     full_env.update(env or {})
     log_path = Path(workdir) / "api.log"
+    command = [sys.executable, str(SERVER)]
+    fds = [sock.fileno() for sock in listen_sockets]
+    if fds:
+        command = [sys.executable, "-c", SOCKET_ACTIVATION, str(SERVER), *map(str, fds)]
     with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, str(SERVER)], env=full_env, stdout=log_file, stderr=subprocess.STDOUT
-        )
+        process = subprocess.Popen(command, env=full_env, stdout=log_file, stderr=subprocess.STDOUT, pass_fds=fds)
     api = ApiProcess(process, 0, state_file, log_path, notify, workdir)
     try:
         messages = api.receive_notifications("READY=1", START_DEADLINE)
@@ -353,6 +388,40 @@ def worker_pids(api: "ApiProcess") -> List[int]:
         if parent == api.process.pid:
             pids.append(int(entry))
     return sorted(pids)
+
+
+def tcp_sockets(port: int) -> Dict[int, str]:
+    """{socket inode: TCP state} of this machine's IPv4 sockets with local port `port` (states as /proc/net/tcp
+    writes them: "01" established, "0A" listening)."""
+    found: Dict[int, str] = {}
+    with open("/proc/net/tcp") as table:
+        next(table)
+        for line in table:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                found[int(fields[9])] = fields[3]
+    return found
+
+
+def socket_inodes(pid: int) -> List[int]:
+    """The inodes of the sockets process `pid` holds."""
+    inodes = []
+    for name in os.listdir("/proc/%d/fd" % pid):
+        try:
+            target = os.readlink("/proc/%d/fd/%s" % (pid, name))
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.append(int(target[8:-1]))
+    return inodes
+
+
+def sockets_per_worker(api: "ApiProcess", state: str) -> Dict[int, int]:
+    """{worker pid: how many of the API port's sockets in `state` it holds}."""
+    on_port = tcp_sockets(api.port)
+    return {
+        pid: sum(1 for inode in set(socket_inodes(pid)) if on_port.get(inode) == state) for pid in worker_pids(api)
+    }
 
 
 def assert_json_response(reply: Reply) -> Any:

@@ -167,6 +167,28 @@ def test_a_number_orjson_cannot_encode_is_written_exactly():
     assert json.loads(records["BTCUSDT"].encode(now))["nextFundingTime"] == 2**70
 
 
+def test_a_new_view_keeps_unchanged_records_and_rebuilds_exactly_the_changed_ones():
+    now = time.time()
+    state = {"S%03dUSDT" % i: record(now, rate=0.0001 * i) for i in range(50)}
+    connection = funding_state.new_connection_status()
+    first = SnapshotView(funding_state.build_payload(state, connection, now, 1), loads=1, loaded_at=now)
+    changed = dict(state)
+    changed["S007USDT"] = dict(state["S007USDT"], markPrice=123.5)
+    changed["S009USDT"] = dict(state["S009USDT"], lastSettlement={"fundingTime": 1764748800000, "fundingRate": 1e-4})
+    del changed["S011USDT"]
+    changed["NEWUSDT"] = record(now, rate=0.0003)
+    second = SnapshotView(funding_state.build_payload(changed, connection, now, 1), loads=2, loaded_at=now,
+                          previous=first)
+    rebuilt = {s for s, r in second.records.items() if first.records.get(s) is not r}
+    assert rebuilt == {"S007USDT", "S009USDT", "NEWUSDT"}
+    assert list(second.records) == list(changed)
+    # Kept or rebuilt, every record is what a view built from nothing serves.
+    scratch = SnapshotView(funding_state.build_payload(changed, connection, now, 1), loads=2, loaded_at=now)
+    served = {symbol: r.encode(now) for symbol, r in second.records.items()}
+    assert served == {symbol: r.encode(now) for symbol, r in scratch.records.items()}
+    assert json.loads(second.records["S007USDT"].encode(now))["markPrice"] == 123.5
+
+
 def test_counters_of_two_processes_add_up_in_one_file(tmp_path):
     path = tmp_path / "counters"
     path.write_bytes(b"\0" * counters_file_size(2))
@@ -262,6 +284,20 @@ def test_a_port_already_in_use_exits_1_with_a_message(tmp_path):
         holder.close()
     assert result.returncode == 1
     assert "cannot listen" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_second_server_on_the_port_of_a_running_one_exits_1_instead_of_sharing_it(tmp_path):
+    # The workers' sockets form an SO_REUSEPORT group: a second server of the same user could join it and take a
+    # share of the connections unnoticed. It must be refused like any other port in use.
+    write_state(tmp_path / "state.json", fresh_symbols())
+    api = start_api(tmp_path / "state.json", env={"FUNDING_API_WORKERS": "2"})
+    try:
+        result = run_program(env={"FUNDING_API_PORT": str(api.port), "FUNDING_STATE_FILE": str(tmp_path / "s.json")})
+        assert result.returncode == 1
+        assert "cannot listen" in result.stderr and "Traceback" not in result.stderr
+        assert api.get("/funding/BTCUSDT").status == 200
+    finally:
+        api.close()
 
 
 def test_ready_once_listening_then_sigterm_stops_cleanly_with_status_0(tmp_path):

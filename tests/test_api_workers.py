@@ -5,14 +5,20 @@ from __future__ import annotations
 import glob
 import os
 import signal
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from funding_api_metrics import LOADS_SLOT, REGION_SLOTS, ROUTES
 from prometheus_client.parser import text_string_to_metric_families
 from test_api_support import (
     api_workers,  # noqa: F401  (module fixture)
     fresh_symbols,
+    get,
+    reuseport_sockets,
+    short_tempdir,
+    sockets_per_worker,
     start_api,
     wait_until,
     worker_pids,
@@ -132,3 +138,53 @@ def zombie(pid):
             return handle.read().rsplit(b")", 1)[1].split()[0] == b"Z"
     except OSError:
         return True
+
+
+def open_keepalive_connections(port, count):
+    """`count` connections opened at once (as wrk or a pool of clients does), each with one request answered."""
+    connections = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(count)]
+    for connection in connections:
+        connection.sendall(b"GET /funding/BTCUSDT HTTP/1.1\r\nHost: x\r\n\r\n")
+    for connection in connections:
+        assert connection.recv(65536).startswith(b"HTTP/1.1 200"), "a connection was not answered"
+    return connections
+
+
+def test_connections_opened_at_once_are_spread_over_every_worker(api_workers):  # noqa: F811
+    # One socket shared by the workers let whichever woke first accept the whole burst (16 of 16 on one worker, half
+    # the throughput); one SO_REUSEPORT socket per worker lets the kernel spread them.
+    connections = open_keepalive_connections(api_workers.port, 32)
+    try:
+        per_worker = sockets_per_worker(api_workers, "01")
+        assert len(per_worker) == 2 and sum(per_worker.values()) == 32, per_worker
+        assert min(per_worker.values()) >= 4, per_worker
+    finally:
+        for connection in connections:
+            connection.close()
+
+
+def test_each_socket_from_systemd_is_served_by_a_worker_of_its_own():
+    # The socket unit lists the address once per worker (ReusePort=yes); here three sockets and a setting of one
+    # worker: every socket must still get a worker, or the connections the kernel hands to it would never be answered.
+    workdir = short_tempdir()
+    state_file = Path(workdir) / "state.json"
+    write_state(state_file, fresh_symbols())
+    sockets = reuseport_sockets(3)
+    port = sockets[0].getsockname()[1]
+    try:
+        api = start_api(state_file, workdir=workdir, env={"FUNDING_API_WORKERS": "1"}, listen_sockets=sockets)
+    finally:
+        for sock in sockets:
+            sock.close()  # the server holds its own copies
+    try:
+        assert api.port == port
+        assert "event=workers_raised" in api.log() and "sockets=3" in api.log()
+        listening = sockets_per_worker(api, "0A")
+        assert len(listening) == 3 and set(listening.values()) == {1}, listening
+        # Each worker accepts on a different one of the three.
+        with ThreadPoolExecutor(16) as pool:
+            statuses = list(pool.map(lambda _: get(api.port, "/funding/BTCUSDT").status, range(90)))
+        assert statuses == [200] * 90
+        assert "event=start" in api.log() and "3 sockets from systemd" in api.log()
+    finally:
+        api.close()

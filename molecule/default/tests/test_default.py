@@ -262,8 +262,12 @@ def test_a_client_polling_200_times_a_second_sees_no_refused_connection_across_a
 def test_the_api_socket_is_systemds_and_listens_on_loopback(host):
     socket_unit = host.service("binance-funding-api.socket")
     assert socket_unit.is_running and socket_unit.is_enabled
-    listen = host.check_output("systemctl show -p Listen --value binance-funding-api.socket")
-    assert listen.strip() == "127.0.0.1:8888 (Stream)", listen
+    listen = host.check_output("systemctl show -p Listen --value binance-funding-api.socket").split("\n")
+    # One socket per API worker (one per core, at most 4), all on the same address in one SO_REUSEPORT group.
+    workers = min(4, int(host.check_output("nproc")))
+    assert listen == ["127.0.0.1:8888 (Stream)"] * workers, listen
+    listeners = host.check_output("ss -Hltn 'sport = :8888'").splitlines()
+    assert len(listeners) == workers and all("127.0.0.1:8888" in line for line in listeners), listeners
 
 
 def test_metrics_parse_as_prometheus_text_and_agree_with_health(host):

@@ -3,12 +3,13 @@
 
 The Bottle application (funding_api_app) runs under Granian (HTTP parsed in
 Rust) in FUNDING_API_WORKERS worker processes (by default one per core, at
-most 4), which share one listening socket. Each worker serves Granian's RSGI
+most 4), each accepting on its own listening socket of one SO_REUSEPORT group
+on the port, so the kernel spreads connections over them. Each worker serves Granian's RSGI
 interface (funding_api_rsgi): /funding/stream (server-sent events,
 funding_api_stream) and /ui (funding_api_ui) are coroutines on the worker's
 event loop, every other request is the WSGI application called inline (see
 funding_api_rsgi for why not Granian's WSGI interface). This process is their
-supervisor: it holds the socket, starts each worker as `--worker N` (a fresh
+supervisor: it holds the sockets, starts each worker as `--worker N` (a fresh
 interpreter, so the supervisor itself stays small), replaces a worker that
 dies, and stops them all on SIGTERM, exiting 0 within a few seconds.
 
@@ -19,9 +20,10 @@ FUNDING_API_STATE_POLL_MS when the file changed, so no request stats, parses or
 waits. Request counters live in a file shared by the workers, so one scrape
 of /metrics shows the totals of all of them.
 
-The listening socket comes from systemd when the unit is socket-activated
-(binance-funding-api.socket: LISTEN_FDS), so it outlives restarts and no
-connection is refused meanwhile; otherwise this process binds it.
+The listening sockets come from systemd when the unit is socket-activated
+(binance-funding-api.socket lists the address once per worker with
+ReusePort=yes: LISTEN_FDS), so they outlive restarts and no connection is
+refused meanwhile; otherwise this process binds them.
 
 systemd: Type=notify; READY=1 once every worker has built its view and a real
 request over the socket was answered; with WatchdogSec set, the supervisor
@@ -244,40 +246,62 @@ def run_worker(settings: WorkerSettings, worker_id: int, workers: int, listen_fd
 # --- the supervisor -------------------------------------------------------------------------------------------------
 
 
-def inherited_socket() -> Optional[socket.socket]:
-    """The listening socket systemd passed (socket activation), or None when there is none for this process."""
+def inherited_sockets() -> List[socket.socket]:
+    """The listening sockets systemd passed (socket activation), or [] when there are none for this process.
+
+    The role's socket unit lists the address once per worker with ReusePort=yes, so there is one socket per worker.
+    """
     fds = os.environ.get("LISTEN_FDS", "")
     pid = os.environ.get("LISTEN_PID", "")
     if not fds.isdigit() or int(fds) < 1 or (pid and pid != str(os.getpid())):
-        return None
+        return []
     for name in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
-        os.environ.pop(name, None)  # the workers must not take it for their own
-    sock = socket.socket(fileno=SD_LISTEN_FDS_START)
-    if sock.type != socket.SOCK_STREAM or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
-        sock.detach()
-        raise OSError("file descriptor %d from systemd is not a listening stream socket" % SD_LISTEN_FDS_START)
-    return sock
+        os.environ.pop(name, None)  # the workers must not take them for their own
+    sockets: List[socket.socket] = []
+    for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + int(fds)):
+        sock = socket.socket(fileno=fd)
+        if sock.type != socket.SOCK_STREAM or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            sock.detach()
+            raise OSError("file descriptor %d from systemd is not a listening stream socket" % fd)
+        sockets.append(sock)
+    return sockets
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
-    """Bind and listen on host:port (raises OSError when it cannot)."""
-    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+def bind_sockets(host: str, port: int, count: int) -> List[socket.socket]:
+    """`count` sockets listening on host:port in one SO_REUSEPORT group (raises OSError when it cannot).
+
+    The kernel spreads new connections over the sockets of a group, and each worker accepts on its own one. Workers
+    sharing one socket do not share the load: whichever wakes first accepts a whole burst of connections (16
+    connections opened at once all went to one of two workers, half the throughput). A port anyone already listens
+    on is refused first, so a second server never quietly joins the group of a running one.
+    """
+    address = host.strip("[]")
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((address, port))
+        port = probe.getsockname()[1]
+    sockets: List[socket.socket] = []
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host.strip("[]"), port))
-        sock.listen(BACKLOG)
+        for _ in range(count):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((address, port))
+            sock.listen(BACKLOG)
     except BaseException:
-        sock.close()
+        for sock in sockets:
+            sock.close()
         raise
-    return sock
+    return sockets
 
 
-def listening_socket(host: str, port: int) -> Tuple[socket.socket, str]:
-    sock = inherited_socket()
-    if sock is not None:
-        return sock, "socket from systemd"
-    return bind_socket(host, port), "bound"
+def listening_sockets(host: str, port: int, workers: int) -> Tuple[List[socket.socket], str]:
+    sockets = inherited_sockets()
+    if sockets:
+        return sockets, "%d socket%s from systemd" % (len(sockets), "s" if len(sockets) > 1 else "")
+    return bind_sockets(host, port, workers), "bound, one per worker"
 
 
 def self_check_address(host: str, port: int) -> Tuple[str, int]:
@@ -411,15 +435,22 @@ def create_counters_file(workers: int) -> str:
 
 
 class Workers:
-    """The worker processes: started, replaced when one dies, stopped together."""
+    """The worker processes: started, replaced when one dies, stopped together.
 
-    def __init__(self, count: int, listen_fd: int, settings: WorkerSettings) -> None:
+    Worker N accepts on listening socket N (round robin when there are fewer sockets than workers); a replacement
+    takes over its predecessor's socket, so connections that arrived meanwhile wait in that socket's backlog.
+    """
+
+    def __init__(self, count: int, listen_fds: Sequence[int], settings: WorkerSettings) -> None:
         self.count = count
-        self.listen_fd = listen_fd
+        self.listen_fds = list(listen_fds)
         self.settings = settings
         self.processes: Dict[int, subprocess.Popen] = {}
         self.started_at: Dict[int, float] = {}
         self.quick_deaths = 0
+
+    def listen_fd(self, worker_id: int) -> int:
+        return self.listen_fds[(worker_id - 1) % len(self.listen_fds)]
 
     def command(self, worker_id: int) -> List[str]:
         s = self.settings
@@ -428,13 +459,15 @@ class Workers:
             os.path.abspath(__file__),
             "--worker=%d" % worker_id,
             "--workers=%d" % self.count,
-            "--listen-fd=%d" % self.listen_fd,
+            "--listen-fd=%d" % self.listen_fd(worker_id),
             "--counters=%s" % s.counters_path,
             "--started-at=%r" % s.started_at,
         ]
 
     def start(self, worker_id: int) -> None:
-        process = subprocess.Popen(self.command(worker_id), pass_fds=(self.listen_fd,), stdin=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            self.command(worker_id), pass_fds=(self.listen_fd(worker_id),), stdin=subprocess.DEVNULL
+        )
         self.processes[worker_id] = process
         self.started_at[worker_id] = time.monotonic()
         log.info("worker %d started (pid %d)", worker_id, process.pid,
@@ -519,15 +552,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     host, port = values[HOST.env], values[PORT.env]
     count = values[funding_settings.API_WORKERS.env]
     try:
-        listener, origin = listening_socket(host, port)
+        listeners, origin = listening_sockets(host, port, count)
     except (OSError, ValueError) as exc:
         log.error("cannot listen on %s port %s: %s", host, port, exc,
                   extra=event("listen_failed", host=host, port=port, error=str(exc)))
         return 1
-    bound_host, bound_port = listener.getsockname()[:2]
+    if len(listeners) > count:
+        # Every socket needs a worker: a connection the kernel gave to an unserved one would wait forever.
+        log.warning("%d listening sockets for %d workers: starting %d workers", len(listeners), count,
+                    len(listeners), extra=event("workers_raised", sockets=len(listeners), workers=count))
+        count = len(listeners)
+    bound_host, bound_port = listeners[0].getsockname()[:2]
     counters_path = create_counters_file(count)
     counters = SharedCounters(counters_path)
-    workers = Workers(count, listener.fileno(), worker_settings(values, counters_path, time.time()))
+    workers = Workers(count, [s.fileno() for s in listeners], worker_settings(values, counters_path, time.time()))
     stop = threading.Event()
 
     def on_sigterm(signum: int, frame: Any) -> None:
@@ -560,7 +598,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         funding_systemd.stopping()
         supervision.stop_event.set()
         workers.stop()
-        listener.close()
+        for listener in listeners:
+            listener.close()
         try:
             os.unlink(counters_path)
         except OSError:

@@ -51,6 +51,7 @@ from urllib.parse import parse_qsl
 
 import orjson
 from funding_api_view import SnapshotView, StateViews, SymbolRecord
+from funding_log import event
 from funding_state import StateSnapshot
 
 log = logging.getLogger("funding_api")
@@ -354,10 +355,11 @@ class StreamHub:
         if published is self.published:
             return
         self.published = published
+        # A health transition first: a client learns the state is readable again before the data it brings.
+        self.check_health()
         view = published[0]
         if view is not None and view is not self.view:
             self._new_version(view)
-        self.check_health()
 
     def _new_version(self, view: SnapshotView) -> None:
         old = self.view
@@ -367,10 +369,13 @@ class StreamHub:
             changed: Tuple[str, ...] = tuple(view.records)
             removed: Tuple[str, ...] = ()
         else:
-            old_records = old.records
+            old_get = old.records.get
+            # An unchanged symbol keeps its record object (funding_api_view.build_records): identity first.
             changed = tuple(
-                s for s, r in view.records.items() if s not in old_records or old_records[s].head != r.head
+                s for s, r in view.records.items()
+                if old_get(s) is not r and (old_get(s) is None or old_get(s).head != r.head)
             )
+            old_records = old.records
             removed = tuple(s for s in old_records if s not in view.records)
         self.view = view
         if new_id <= previous_id:  # a state file with an older updated_at (a clock step): keep ids increasing
@@ -380,7 +385,7 @@ class StreamHub:
         cutoff = now - self.config.resume_window_seconds
         while self.history and self.history[0].seen_at < cutoff:
             self.history.popleft()
-        for client in self.clients:
+        for client in tuple(self.clients):
             client.note_changes(changed, removed, previous_id)
 
     @property
@@ -400,7 +405,7 @@ class StreamHub:
             return
         log.debug("stream: health is now %s %s", state[0], ",".join(state[1]) or "-")
         data = orjson.dumps(body)
-        for client in self.clients:
+        for client in tuple(self.clients):
             client.note_health(data)
 
     # --- what clients are sent ---------------------------------------------------------------------------------
@@ -447,8 +452,45 @@ class StreamHub:
         return changed, removed
 
 
+class _Rest:
+    """What is left of an awaitable that did not finish at once, for the event loop to drive."""
+
+    def __init__(self, first: Any, iterator: Any) -> None:
+        self.first = first
+        self.iterator = iterator
+
+    def __await__(self) -> Any:
+        yield self.first
+        return (yield from self.iterator)
+
+
+def send_now(transport: Any, data: bytes, on_failure: Callable[[], None]) -> bool:
+    """Hand `data` to a stream's transport without a trip through the event loop; False when the stream is closed.
+
+    Granian's RSGI stream transport (2.5) queues the bytes on the spot and returns an awaitable that is already
+    done, or that raises when the client is gone. An awaitable that is not done at once is left to the event loop
+    (`on_failure` if it fails there).
+    """
+    try:
+        iterator = transport.send_bytes(data).__await__()
+        first = next(iterator)
+    except StopIteration:
+        return True
+    except Exception:  # Granian's "stream closed": the client went away
+        return False
+    rest = asyncio.ensure_future(_Rest(first, iterator))
+    rest.add_done_callback(lambda task: task.cancelled() or task.exception() is None or on_failure())
+    return True
+
+
 class StreamClient:
-    """One open stream: pending changes, coalesced per symbol, written when the client can take them."""
+    """One open stream: pending changes, coalesced per symbol, written as soon as they may be and the client can take
+    them.
+
+    Writing happens in `deliver`: called by the hub right after it noted a new version (one pass over its clients,
+    no task switch per client), by a timer when the one-per-second rule held a change back, and by the client's
+    coroutine, which otherwise only sends the first event and heartbeats, and watches a client that fell behind.
+    """
 
     def __init__(
         self, hub: StreamHub, filters: StreamFilters, transport: Any, client_socket: Optional[ClientSocket]
@@ -465,11 +507,14 @@ class StreamClient:
         self.last_sent: Dict[str, float] = {}
         self.health_data: Optional[bytes] = None
         self.wake = asyncio.Event()
+        self.ready = False  # the first event is out: updates may follow
         self.gone = False
         self.dropped = ""
         self.last_write = time.monotonic()
         self.behind_since: Optional[float] = None
         self.next_probe = 0.0
+        self.timer: Optional[asyncio.TimerHandle] = None
+        self.timer_at = math.inf
 
     # --- called by the hub ---------------------------------------------------------------------------------------
 
@@ -492,15 +537,72 @@ class StreamClient:
                 pending.pop(symbol, None)
                 noted = True
         if noted:
-            self.wake.set()
+            self.deliver()
 
     def note_health(self, data: bytes) -> None:
         self.health_data = data
-        self.wake.set()
+        self.deliver()
 
     def disconnected(self) -> None:
         self.gone = True
+        self.cancel_timer()
         self.wake.set()
+
+    # --- writing -------------------------------------------------------------------------------------------------
+
+    def deliver(self) -> None:
+        """Write what may be written now; arm a timer for what the one-per-second rule holds back."""
+        if self.gone or not self.ready:
+            return
+        was_behind = self.behind_since is not None
+        keeps_up = self.client_keeps_up()
+        if self.gone or (self.behind_since is not None) != was_behind:
+            self.wake.set()  # the coroutine watches a client that is behind (and ends for one that is gone)
+        if not keeps_up:
+            return
+        if self.health_data is not None:
+            data, self.health_data = self.health_data, None
+            if not self.send(format_event("health", self.delivered_id(), data)):
+                return
+            self.hub.counter.count_stream_event("health")
+        if self.pending or self.removed:
+            event = self.update_event()
+            if event:
+                if not self.send(event):
+                    return
+                self.hub.counter.count_stream_event("update")
+        if self.pending:
+            last_sent = self.last_sent
+            self.arm_timer(min(last_sent.get(s, 0.0) for s in self.pending) + self.hub.config.coalesce_seconds)
+
+    def arm_timer(self, at: float) -> None:
+        if self.timer is not None:
+            if self.timer_at <= at:
+                return
+            self.timer.cancel()
+        loop = self.hub.loop
+        if loop is None:
+            return
+        self.timer_at = at
+        self.timer = loop.call_later(max(0.0, at - time.monotonic()), self.on_timer)
+
+    def on_timer(self) -> None:
+        self.timer = None
+        self.timer_at = math.inf
+        self.deliver()
+
+    def cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+            self.timer_at = math.inf
+
+    def send(self, data: bytes) -> bool:
+        if send_now(self.transport, data, self.disconnected):
+            self.last_write = time.monotonic()
+            return True
+        self.disconnected()
+        return False
 
     # --- the coroutine -------------------------------------------------------------------------------------------
 
@@ -508,7 +610,7 @@ class StreamClient:
         hub = self.hub
         resumed = hub.changes_since(resume_from) if resume_from is not None else None
         if resumed is None:
-            await self.write(self.snapshot_event())
+            self.send(self.snapshot_event())
         else:
             changed, removed = resumed
             self.sent = {s for s in (hub.view.records if hub.view else ()) if self.filters.wants_name(s)}
@@ -518,44 +620,28 @@ class StreamClient:
                     self.pending[symbol] = previous
             self.removed = {s: resume_from for s in removed if self.filters.wants_name(s)}
             # Headers go out with the first bytes: say at once that the stream is open.
-            await self.write(b": resumed after v%d\n\n" % resume_from)
+            self.send(b": resumed after v%d\n\n" % resume_from)
+        self.ready = True
+        self.deliver()
+        heartbeat = hub.config.heartbeat_seconds
         while not self.gone:
-            await self.wait()
-            if self.gone:
-                break
-            if not self.client_keeps_up():
+            if self.behind_since is not None:
+                # Nothing more can be written until the client drains: look again soon.
+                await self.wait(BEHIND_CHECK_SECONDS)
+                self.deliver()
                 continue
-            if self.health_data is not None:
-                data, self.health_data = self.health_data, None
-                await self.write(format_event("health", self.delivered_id(), data))
-                self.hub.counter.count_stream_event("health")
-            if self.pending or self.removed:
-                event = self.update_event()
-                if event:
-                    await self.write(event)
-                    self.hub.counter.count_stream_event("update")
-            if time.monotonic() - self.last_write >= self.hub.config.heartbeat_seconds:
-                await self.write(b": keepalive\n\n")
+            quiet_for = time.monotonic() - self.last_write
+            if quiet_for < heartbeat:
+                await self.wait(heartbeat - quiet_for)
+            elif self.send(b": keepalive\n\n"):
+                self.deliver()  # a first look at a client that stopped reading since the last change
+        self.cancel_timer()
 
-    async def wait(self) -> None:
-        now = time.monotonic()
-        if self.behind_since is not None:
-            # Nothing can be written until the client drains: look again soon, whatever is waiting.
-            timeout = BEHIND_CHECK_SECONDS
-        elif self.health_data is not None or self.removed:
-            timeout = 0.0
-        else:
-            timeout = self.last_write + self.hub.config.heartbeat_seconds - now
-            if self.pending:
-                earliest = min(self.last_sent.get(s, 0.0) for s in self.pending) + self.hub.config.coalesce_seconds
-                timeout = min(timeout, earliest - now)
-        if timeout > 0:
-            # Cheaper than asyncio.wait_for, which makes a task per wait.
-            timer = asyncio.get_running_loop().call_later(timeout, self.wake.set)
-            await self.wake.wait()
-            timer.cancel()
-        else:
-            await asyncio.sleep(0)
+    async def wait(self, timeout: float) -> None:
+        # Cheaper than asyncio.wait_for, which makes a task per wait.
+        timer = asyncio.get_running_loop().call_later(timeout, self.wake.set)
+        await self.wake.wait()
+        timer.cancel()
         self.wake.clear()
 
     def client_keeps_up(self) -> bool:
@@ -581,20 +667,14 @@ class StreamClient:
                 "stream: dropping a client that took nothing for %.1f s (%d bytes waiting)",
                 now - self.behind_since,
                 unsent,
+                extra=event("stream_client_dropped", reason="slow", behind_s=round(now - self.behind_since, 1),
+                            unsent_bytes=unsent),
             )
             self.dropped = "slow"
             self.gone = True
             client_socket.reset()
             return False
         return unsent <= HIGH_WATER_BYTES
-
-    async def write(self, data: bytes) -> None:
-        try:
-            await self.transport.send_bytes(data)
-        except Exception:  # Granian's "stream closed": the client went away
-            self.gone = True
-            return
-        self.last_write = time.monotonic()
 
     def delivered_id(self) -> int:
         """The newest version whose changes this client has fully received."""
