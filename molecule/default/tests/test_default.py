@@ -351,3 +351,57 @@ def test_history_serves_the_rates_the_simulator_settled_after_a_settlement_in_th
     box = deployment(host)
     db = host.file("%s/funding-history.sqlite3" % box["funding_state_dir"])
     assert db.exists and db.user == box["funding_user"]
+
+
+def metric_value(host, name, labels=""):
+    _, body = http(host, API + "/metrics")
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            wanted = dict(item.split("=", 1) for item in labels.split(",")) if labels else {}
+            if sample.name == name and all(sample.labels.get(k) == v.strip('"') for k, v in wanted.items()):
+                return sample.value
+    return 0.0
+
+
+def test_the_stream_sends_a_snapshot_then_updates_from_the_live_feed(host):
+    # curl is an ordinary SSE client; --max-time ends it after the simulator pushed (every second) a few times.
+    out = host.run("curl -sN --max-time 5 '%s/funding/stream?symbols=BTCUSDT,XAUUSDT'" % API).stdout
+    events = [block for block in out.split("\n\n") if block.strip()]
+    kinds = [line.split(": ", 1)[1] for block in events for line in block.splitlines() if line.startswith("event: ")]
+    assert kinds[:1] == ["snapshot"] and "update" in kinds, out[:2000]
+    snapshot = json.loads(next(line[6:] for line in events[0].splitlines() if line.startswith("data: ")))
+    assert {r["symbol"] for r in snapshot["data"]} == {"BTCUSDT", "XAUUSDT"}, snapshot
+
+
+STALLED_STREAM = r"""
+import socket, time
+sock = socket.socket()
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+sock.connect(("127.0.0.1", 8888))
+sock.sendall(b"GET /funding/stream HTTP/1.1\r\nHost: x\r\n\r\n")
+time.sleep(40)  # never reads
+"""
+
+
+def test_a_stalled_stream_client_is_dropped_by_the_hardened_service_and_requests_go_on(host):
+    # Telling a stalled client needs the worker's own view of its socket (/proc/self/fd, SIOCOUTQ): this proves it
+    # works inside the unit's sandbox (ProcSubset=pid, SystemCallFilter=@system-service), not only in the test suite.
+    dropped = 'reason="slow"'
+    before = metric_value(host, "funding_api_stream_clients_dropped_total", dropped)
+    host.run("cat > /tmp/stalled_stream.py <<'EOF'\n%s\nEOF" % STALLED_STREAM)
+    host.run("nohup python3 /tmp/stalled_stream.py >/dev/null 2>&1 &")
+    try:
+        timeout = deployment(host)["funding_api_stream_send_timeout_seconds"]
+        wait_for(lambda: metric_value(host, "funding_api_stream_clients_dropped_total", dropped) > before,
+                 timeout=timeout + 20, what="the stalled client dropped")
+        assert http(host, API + "/funding/BTCUSDT")[0] == 200
+        assert "event=stream_client_dropped reason=slow" in journal(host, "binance-funding-api", 200)
+    finally:
+        host.run("pkill -f stalled_stream.py")
+
+
+def test_the_live_page_is_served_with_a_strict_content_security_policy(host):
+    headers = host.run("curl -s -D - -o /tmp/.funding-ui '%s/ui'" % API).stdout.lower()
+    assert headers.startswith("http/1.1 200"), headers
+    assert "content-security-policy: default-src 'none'" in headers, headers
+    assert "<table" in host.file("/tmp/.funding-ui").content_string
