@@ -20,6 +20,7 @@ from funding_api_stream import (
     health_key,
     parse_event_id,
     parse_filters,
+    send_now,
 )
 from funding_api_view import StateViews
 from funding_state import StateReader
@@ -201,3 +202,44 @@ def test_resume_sends_only_what_changed_after_the_id_without_a_snapshot(tmp_path
     kinds = [e.get("event") for e in events if "event" in e]
     assert kinds == ["update"]
     assert '"ETHUSDT"' in events[-1]["data"] and '"BTCUSDT"' not in events[-1]["data"]
+
+
+def test_a_send_is_done_on_the_spot_and_a_closed_stream_says_so():
+    sent: List[bytes] = []
+
+    class Queueing:  # Granian 2.5: the bytes are queued at once, the awaitable is already done
+        async def send_bytes(self, data: bytes) -> None:
+            sent.append(data)
+
+    class Closed:  # Granian's "stream closed", raised when the awaitable is awaited
+        async def send_bytes(self, data: bytes) -> None:
+            raise RuntimeError("stream closed")
+
+    failures: List[int] = []
+    assert send_now(Queueing(), b"event", lambda: failures.append(1)) is True
+    assert sent == [b"event"]
+    assert send_now(Closed(), b"event", lambda: failures.append(1)) is False
+    assert failures == []
+
+
+def test_a_send_that_does_not_finish_at_once_is_left_to_the_loop_and_a_failure_there_is_reported():
+    failures: List[str] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        pending: List[asyncio.Future] = []
+
+        class Waiting:
+            def send_bytes(self, data: bytes) -> asyncio.Future:
+                future = loop.create_future()
+                pending.append(future)
+                return future
+
+        assert send_now(Waiting(), b"first", lambda: failures.append("first")) is True
+        assert send_now(Waiting(), b"second", lambda: failures.append("second")) is True
+        pending[0].set_result(None)
+        pending[1].set_exception(RuntimeError("stream closed"))
+        await asyncio.sleep(0.05)
+
+    asyncio.run(main())
+    assert failures == ["second"]
