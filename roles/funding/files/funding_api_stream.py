@@ -46,7 +46,7 @@ import termios
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Deque, Dict, FrozenSet, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Deque, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 from urllib.parse import parse_qsl
 
 import orjson
@@ -72,6 +72,8 @@ RETRY_AFTER_SECONDS = 5
 MAX_FILTER_SYMBOLS = 1000
 MAX_QUERY_BYTES = 48 * 1024
 MAX_ECHO_CHARS = 60
+# Update bodies kept for clients in step, per state version (each distinct set of changes is one).
+MAX_SHARED_BODIES = 256
 
 EVENT_STREAM_HEADERS = [
     ("Content-Type", "text/event-stream; charset=utf-8"),
@@ -197,6 +199,11 @@ def format_event(kind: str, event_id: int, data: bytes, retry: bool = False) -> 
     return head + b"event: " + kind.encode("ascii") + b"\nid: v%d\ndata: " % event_id + data + b"\n\n"
 
 
+def update_body(parts: Sequence[bytes], removed: Sequence[str]) -> bytes:
+    """An update's data: the encoded records and the symbols that left the selection."""
+    return b'{"data":[' + b",".join(parts) + b'],"removed":' + orjson.dumps(list(removed)) + b"}"
+
+
 def parse_event_id(text: Optional[str]) -> Optional[int]:
     match = EVENT_ID_RE.fullmatch((text or "").strip())
     return int(match.group(1)) if match else None
@@ -320,6 +327,7 @@ class StreamHub:
         self.health_state: Optional[Tuple[str, Tuple[str, ...]]] = None
         self.health_event_id = 0
         self._encoded: Dict[str, Tuple[SymbolRecord, bytes]] = {}
+        self._bodies: Dict[Tuple[Tuple[str, ...], Tuple[str, ...]], bytes] = {}  # for the current view
         self._contract_types: Dict[str, Tuple[SymbolRecord, Optional[str]]] = {}
         self._poll_scheduled = False
 
@@ -378,6 +386,7 @@ class StreamHub:
             old_records = old.records
             removed = tuple(s for s in old_records if s not in view.records)
         self.view = view
+        self._bodies.clear()
         if new_id <= previous_id:  # a state file with an older updated_at (a clock step): keep ids increasing
             new_id = previous_id + 1
         now = time.monotonic()
@@ -418,6 +427,20 @@ class StreamHub:
         data = record.head + b"}"
         self._encoded[record.symbol] = (record, data)
         return data
+
+    def update_body(self, ready: Tuple[str, ...], removed: Tuple[str, ...]) -> bytes:
+        """The body of an update of `ready` (symbols of the current view) and `removed`, encoded once for all the
+        clients in step; b"" when there is nothing to say."""
+        if not ready and not removed:
+            return b""
+        key = (ready, removed)
+        body = self._bodies.get(key)
+        if body is None:
+            if len(self._bodies) >= MAX_SHARED_BODIES:
+                self._bodies.clear()
+            records = self.view.records if self.view is not None else {}
+            body = self._bodies[key] = update_body([self.encoded(records[s]) for s in ready], removed)
+        return body
 
     def contract_type(self, record: SymbolRecord) -> Optional[str]:
         known = getattr(record, "contract_type", self)  # a record that carries it as an attribute
@@ -705,37 +728,54 @@ class StreamClient:
         now = time.monotonic()
         ready_before = now - hub.config.coalesce_seconds
         last_sent = self.last_sent
-        parts: List[bytes] = []
         removed: List[str] = list(self.removed)
         self.removed = {}
         records = view.records if view is not None else {}
         pending = self.pending
-        ready = [s for s in pending if last_sent.get(s, 0.0) <= ready_before]
+        get = last_sent.get
+        ready = [s for s in pending if get(s, 0.0) <= ready_before]
         if len(ready) == len(pending):
             self.pending = {}
         else:
             for symbol in ready:
                 del pending[symbol]
-        encoded, sent, by_record = hub.encoded, self.sent, self.by_record
+        sent = self.sent
+        if not self.by_record and len(records.keys() & ready) == len(ready):
+            # The usual case: every ready symbol is served and no filter looks at records. Clients in step (same
+            # changes, same removals) share one encoding of the body.
+            data = hub.update_body(tuple(ready), tuple(removed))
+            sent.update(ready)
+            last_sent.update(dict.fromkeys(ready, now))
+        else:
+            data = self.filtered_update_body(ready, removed, records, now)
+        sent.difference_update(removed)
+        if not data:
+            return b""
+        return format_event("update", self.delivered_id(), data)
+
+    def filtered_update_body(
+        self, ready: List[str], removed: List[str], records: Mapping[str, SymbolRecord], now: float
+    ) -> bytes:
+        """The update's body for `ready` symbols record by record (a filter on records, or a symbol gone); b"" when
+        there is nothing to say. Appends to `removed` what leaves the client's selection."""
+        hub = self.hub
+        parts: List[bytes] = []
+        encoded, sent, last_sent = hub.encoded, self.sent, self.last_sent
         for symbol in ready:
             record = records.get(symbol)
             if record is None:
                 if symbol in sent:
                     removed.append(symbol)
-                    sent.discard(symbol)
                 continue
-            if not by_record or self.filters.wants_record(record, hub.contract_type):
+            if not self.by_record or self.filters.wants_record(record, hub.contract_type):
                 parts.append(encoded(record))
                 sent.add(symbol)
                 last_sent[symbol] = now
             elif symbol in sent:
                 removed.append(symbol)
-        for symbol in removed:
-            self.sent.discard(symbol)
         if not parts and not removed:
             return b""
-        data = b'{"data":[' + b",".join(parts) + b'],"removed":' + orjson.dumps(removed) + b"}"
-        return format_event("update", self.delivered_id(), data)
+        return update_body(parts, removed)
 
 
 class StreamEndpoint:
