@@ -17,6 +17,7 @@ for directory in (PROGRAMS, SIMULATOR_DIR):
 # --- simulated exchange (owned by the simulator engineer) ----------------------------------------------------------
 
 import pytest  # noqa: E402
+from fakes.support import API_UNIT, WS_UNIT, ApiServer, FakeSystemd, daemon_state, write_state  # noqa: E402
 from sim_client import FAST_ARGS, SimulatorClient, start_simulator  # noqa: E402
 
 
@@ -48,3 +49,26 @@ def simulator(simulator_factory) -> SimulatorClient:
 def fast_simulator(simulator_factory) -> SimulatorClient:
     """A simulator for quick tests: pushes every 0.2 s (@1s: 0.1 s), pings every 5 s."""
     return simulator_factory().client
+
+
+@pytest.fixture(scope="module")
+def monitor_api(tmp_path_factory) -> ApiServer:
+    """The API, serving an empty daemon state, for the monitor's runs (tests write the states they need)."""
+    directory = tmp_path_factory.mktemp("api")
+    state_file = directory / "funding_state.json"
+    write_state(state_file, daemon_state({}))
+    server = ApiServer(state_file, directory / "api.log")
+    try:
+        server.wait_until_answering()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def systemd(tmp_path) -> FakeSystemd:
+    """The fake systemd with both services active."""
+    fake = FakeSystemd(tmp_path / "systemd")
+    fake.set_state(WS_UNIT, "active")
+    fake.set_state(API_UNIT, "active")
+    return fake

@@ -15,7 +15,7 @@ from typing import Any, Dict, List
 
 import funding_alerts
 import pytest
-from fakes.support import API_UNIT, WS_UNIT, ApiServer, FakeSystemd, closed_url, daemon_state, write_state
+from fakes.support import WS_UNIT, closed_url, daemon_state
 from funding_monitor_state import HEALTHY, UNHEALTHY, MonitorStatus
 from test_monitor import Monitor, parse_report
 
@@ -198,27 +198,6 @@ def test_a_receiver_that_never_answers_costs_the_timeout_and_no_more(receiver_fa
 # --------------------------------------------------------------------------- the monitor sends them
 
 
-@pytest.fixture(scope="module")
-def api(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("alerts-api")
-    state_file = directory / "funding_state.json"
-    write_state(state_file, daemon_state({}))
-    server = ApiServer(state_file, directory / "api.log")
-    try:
-        server.wait_until_answering()
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def systemd(tmp_path):
-    fake = FakeSystemd(tmp_path / "systemd")
-    fake.set_state(WS_UNIT, "active")
-    fake.set_state(API_UNIT, "active")
-    return fake
-
-
 QUOTES = {
     "BTCUSDT": {"fundingRate": 0.0001, "markPrice": 91000.5, "indexPrice": 91001.0,
                 "nextFundingTime": 1764748800000, "eventTime": int(time.time() * 1000)},
@@ -226,8 +205,8 @@ QUOTES = {
 
 
 @pytest.fixture
-def monitor(systemd, api, tmp_path, receiver_factory):
-    runner = Monitor(systemd, api.state_file, tmp_path / "monitor-restarts.json", api.url)
+def monitor(systemd, monitor_api, tmp_path, receiver_factory):
+    runner = Monitor(systemd, monitor_api.state_file, tmp_path / "monitor-restarts.json", monitor_api.url)
     runner.env.update(FUNDING_REST_URL="off", FUNDING_MIN_SYMBOLS="1", FUNDING_ALERT_MIN_INTERVAL_MINUTES="30")
     runner.status_file = Path(runner.env["FUNDING_MONITOR_STATUS_FILE"])
     return runner

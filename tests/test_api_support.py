@@ -248,6 +248,16 @@ class ApiProcess:
                 break
         return self.notifications
 
+    def drain_notifications(self) -> None:
+        """Forget the datagrams already sent and collected: what receive_notifications sees next is new."""
+        self.notify.settimeout(0.2)
+        while True:
+            try:
+                self.notify.recv(4096)
+            except OSError:
+                break
+        self.notifications.clear()
+
     def stop(self) -> int:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)

@@ -9,9 +9,15 @@ import random
 import threading
 import time
 
-import binance_funding_ws_daemon as daemon
+import funding_daemon_log
+import funding_daemon_writer
+import funding_settings
 import funding_state
 import pytest
+from funding_daemon_feed import FeedState
+from funding_daemon_restore import load_previous_state
+from funding_daemon_slots import Backoff, url_is_legacy
+from funding_daemon_writer import StateWriter
 
 E = 1_764_724_344_000
 T = 1_764_748_800_000
@@ -43,7 +49,7 @@ def symbols_in(path):
 
 @pytest.fixture
 def feed():
-    return daemon.FeedState({}, funding_state.new_connection_status())
+    return FeedState({}, funding_state.new_connection_status())
 
 
 @pytest.fixture
@@ -51,7 +57,7 @@ def make_writer(feed, tmp_path):
     writers = []
 
     def make(coalesce=0.01, heartbeat=60.0):
-        writer = daemon.StateWriter(str(tmp_path / ".funding_state.json"), feed, coalesce, heartbeat)
+        writer = StateWriter(str(tmp_path / ".funding_state.json"), feed, coalesce, heartbeat)
         writers.append(writer)
         writer.start()
         return writer
@@ -66,7 +72,7 @@ def make_writer(feed, tmp_path):
 
 
 def test_backoff_doubles_from_initial_to_the_cap_with_bounded_jitter():
-    backoff = daemon.Backoff(1.0, 60.0, random.Random(7))
+    backoff = Backoff(1.0, 60.0, random.Random(7))
     delays = [backoff.next_delay() for _ in range(10)]
     for attempt, delay in enumerate(delays, start=1):
         base = min(60.0, 2.0 ** (attempt - 1))
@@ -75,7 +81,7 @@ def test_backoff_doubles_from_initial_to_the_cap_with_bounded_jitter():
 
 
 def test_backoff_never_gives_up_and_resets():
-    backoff = daemon.Backoff(1.0, 60.0, random.Random(1))
+    backoff = Backoff(1.0, 60.0, random.Random(1))
     for _ in range(1000):
         assert 0 < backoff.next_delay() <= 60.0
     assert backoff.attempts == 1000
@@ -84,7 +90,7 @@ def test_backoff_never_gives_up_and_resets():
 
 
 def test_backoff_jitter_varies():
-    backoff = daemon.Backoff(1.0, 60.0, random.Random(3))
+    backoff = Backoff(1.0, 60.0, random.Random(3))
     delays = set()
     for _ in range(20):
         backoff.reset()
@@ -170,7 +176,7 @@ def test_writer_rewrites_periodically_when_nothing_changes(feed, make_writer, tm
 def test_disk_errors_are_logged_once_counted_retried_and_survived(feed, make_writer, monkeypatch, tmp_path, caplog,
                                                                   error):
     path = tmp_path / ".funding_state.json"
-    monkeypatch.setattr(daemon, "WRITE_RETRY_SECONDS", 0.05)
+    monkeypatch.setattr(funding_daemon_writer, "WRITE_RETRY_SECONDS", 0.05)
     writer = make_writer(coalesce=0.0, heartbeat=0.05)
     feed.apply_frame(frame(["GOODUSDT"]))
     assert wait_until(lambda: "GOODUSDT" in symbols_in(path))
@@ -184,7 +190,7 @@ def test_disk_errors_are_logged_once_counted_retried_and_survived(feed, make_wri
             raise error
         return real_write(target, payload)
 
-    caplog.set_level(logging.INFO, logger=daemon.PROG)
+    caplog.set_level(logging.INFO, logger=funding_daemon_log.PROGRAM)
     monkeypatch.setattr(funding_state, "write_state_atomic", flaky_write)
     # The heartbeat may rewrite the file until the first failing write; from then on it must not change.
     assert wait_until(lambda: feed.status["state_write_errors"] >= 1)
@@ -226,7 +232,7 @@ def test_load_previous_state_keeps_old_updated_at(tmp_path):
     record = {"fundingRate": 0.0001, "markPrice": 5.0, "indexPrice": 5.1, "nextFundingTime": T, "updatedAt": 1000.0,
               "eventTime": E}
     funding_state.write_state_atomic(str(path), funding_state.build_payload({"AUSDT": record}, {}, 1000.0, 1))
-    assert daemon.load_previous_state(str(path)).records == {"AUSDT": record}
+    assert load_previous_state(str(path)).records == {"AUSDT": record}
 
 
 @pytest.mark.parametrize("content", [b"", b"{", b"\x00\xff garbage", b"[]", b'{"funding_state": []}',
@@ -234,17 +240,17 @@ def test_load_previous_state_keeps_old_updated_at(tmp_path):
 def test_load_previous_state_survives_a_corrupt_file(tmp_path, caplog, content):
     path = tmp_path / "state.json"
     path.write_bytes(content)
-    caplog.set_level(logging.INFO, logger=daemon.PROG)
-    assert daemon.load_previous_state(str(path)).records == {}
+    caplog.set_level(logging.INFO, logger=funding_daemon_log.PROGRAM)
+    assert load_previous_state(str(path)).records == {}
     assert any("unusable" in r.getMessage() for r in caplog.records)
 
 
 def test_load_previous_state_without_a_file_starts_empty(tmp_path):
-    assert daemon.load_previous_state(str(tmp_path / "missing.json")).records == {}
+    assert load_previous_state(str(tmp_path / "missing.json")).records == {}
 
 
 def test_legacy_url_detection():
-    assert daemon.url_is_legacy("wss://fstream.binance.com/stream?streams=!markPrice@arr")
-    assert daemon.url_is_legacy("wss://fstream.binance.com/ws/!markPrice@arr")
-    assert not daemon.url_is_legacy(daemon.DEFAULT_WS_URL)
-    assert not daemon.url_is_legacy("wss://fstream.binance.com/market/ws/!markPrice@arr@1s")
+    assert url_is_legacy("wss://fstream.binance.com/stream?streams=!markPrice@arr")
+    assert url_is_legacy("wss://fstream.binance.com/ws/!markPrice@arr")
+    assert not url_is_legacy(funding_settings.DEFAULT_WS_URL)
+    assert not url_is_legacy("wss://fstream.binance.com/market/ws/!markPrice@arr@1s")

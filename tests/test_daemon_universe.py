@@ -13,7 +13,7 @@ import time
 import funding_state
 import pytest
 import test_daemon
-from test_daemon import free_port, stored_record
+from test_daemon import expected_record, free_port, stored_record
 
 daemon_factory = test_daemon.daemon_factory  # the fixture, shared
 
@@ -27,17 +27,6 @@ def trading_perpetuals(sim):
 
 def tradfi_symbols(sim):
     return set(sim.get_json("/_sim/universe")["tradfi"])
-
-
-def expected_record(values):
-    return {
-        "fundingRate": values["fundingRate"],
-        "markPrice": values["markPrice"],
-        "indexPrice": values["indexPrice"] if values["indexInStream"] else None,
-        "nextFundingTime": values["nextFundingTime"],
-        "eventTime": values["eventTime"],
-        "fundingIntervalHours": values["fundingIntervalHours"],
-    }
 
 
 def assert_rules_kept(sim):

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import time
 
-import binance_funding_ws_daemon as daemon
+import funding_daemon_feed
 import funding_state
 import funding_universe
 import pytest
+from funding_daemon_slots import overflow_url
 
 E = 1_764_724_344_000
 T = 1_764_748_800_000
@@ -30,7 +31,7 @@ def universe_of(*entries):
 
 @pytest.fixture
 def feed():
-    return daemon.FeedState({}, funding_state.new_connection_status())
+    return funding_daemon_feed.FeedState({}, funding_state.new_connection_status())
 
 
 def test_rows_outside_the_universe_are_ignored_and_counted_by_reason(feed):
@@ -72,7 +73,7 @@ def test_a_first_universe_drops_records_that_never_were_contracts_without_noting
 def test_delisted_entries_are_kept_seven_days():
     now = time.time()
     delisted = {"A": now - 7 * 86400 + 60, "B": now - 7 * 86400 - 60}
-    assert daemon.prune_delisted(delisted, now) == 1 and set(delisted) == {"A"}
+    assert funding_daemon_feed.prune_delisted(delisted, now) == 1 and set(delisted) == {"A"}
 
 
 def test_without_a_universe_symbols_expire_counted_from_the_start_at_the_earliest(feed):
@@ -102,7 +103,7 @@ def test_a_symbol_the_array_stops_carrying_becomes_a_gap_after_the_absence_limit
     feed.apply_universe(universe_of(("AUSDT", "PERPETUAL", "TRADING"), ("BUSDT", "PERPETUAL", "TRADING")), 1.0)
     since = time.monotonic()
     feed.apply_frame(array_frame(item("AUSDT"), item("BUSDT")))
-    later = since + daemon.ARRAY_ABSENCE_SECONDS + 1
+    later = since + funding_daemon_feed.ARRAY_ABSENCE_SECONDS + 1
     feed.array_seen["AUSDT"] = later - 1  # still carried; BUSDT was last seen at `since`
     assert feed.gap_symbols(since, 5.0, since + 6.0) == frozenset()
     assert feed.gap_symbols(since, 5.0, later) == {"BUSDT"}
@@ -123,7 +124,7 @@ def test_a_listing_waits_for_its_own_grace_before_it_counts_as_a_gap(feed):
     ("wss://fstream.binance.com/market/ws/!markPrice@arr@1s", "wss://fstream.binance.com/market/ws"),
 ])
 def test_overflow_connections_use_the_same_path_family_without_the_array(url, overflow):
-    assert daemon.overflow_url(url) == overflow
+    assert overflow_url(url) == overflow
 
 
 def test_the_state_file_carries_the_universe_and_the_delisted_map(feed):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -9,7 +10,8 @@ import re
 import shlex
 import subprocess
 import sys
-from typing import Dict, List
+from pathlib import Path
+from typing import Dict, Iterator, List, Tuple
 
 import pytest
 from conftest import PROGRAMS
@@ -110,24 +112,31 @@ def _all_lines_are_events(text: str) -> List[Dict[str, str]]:
     return [parse_event(line) for line in lines]
 
 
-def test_every_log_line_of_the_daemon_is_key_value(simulator_factory, tmp_path):
-    sim = simulator_factory().client
+@contextlib.contextmanager
+def running_daemon(tmp_path: Path, ws_url: str, rest_url: str) -> Iterator[Tuple[Path, Path]]:
+    """The daemon as a process summarizing every second, its output in a file: (state file, log file)."""
     state = tmp_path / "state" / ".funding_state.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FUNDING_", "NOTIFY_SOCKET", "WATCHDOG_"))}
-    env.update(FUNDING_WS_URL=sim.ws_url("stream"), FUNDING_REST_URL=sim.rest_url, FUNDING_STATE_FILE=str(state),
+    env.update(FUNDING_WS_URL=ws_url, FUNDING_REST_URL=rest_url, FUNDING_STATE_FILE=str(state),
                FUNDING_SUMMARY_SECONDS="1", PYTHONUNBUFFERED="1")
     log_path = tmp_path / "daemon.log"
     with open(log_path, "wb") as log_file:
         daemon = subprocess.Popen([sys.executable, str(PROGRAMS / "binance_funding_ws_daemon.py")], env=env,
                                   stdout=log_file, stderr=subprocess.STDOUT)
     try:
+        yield state, log_path
+    finally:
+        daemon.terminate()
+        daemon.wait(15)
+
+
+def test_every_log_line_of_the_daemon_is_key_value(simulator_factory, tmp_path):
+    sim = simulator_factory().client
+    with running_daemon(tmp_path, sim.ws_url("stream"), sim.rest_url) as (state, log_path):
         assert wait_until(lambda: state.exists() and "summary" in log_path.read_text(), deadline=60), \
             log_path.read_text()
         sim.set_fault("drop")  # a disconnect and a reconnect, with their reasons
         assert wait_until(lambda: "reconnecting" in log_path.read_text(), deadline=30), log_path.read_text()
-    finally:
-        daemon.terminate()
-        daemon.wait(15)
     _all_lines_are_events(log_path.read_text())
 
 
@@ -148,22 +157,11 @@ def test_every_log_line_of_the_api_is_key_value(tmp_path):
 
 def test_the_daemons_disconnect_and_reconnect_are_events_with_their_fields(simulator_factory, tmp_path):
     sim = simulator_factory().client
-    state = tmp_path / "state" / ".funding_state.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FUNDING_", "NOTIFY_SOCKET", "WATCHDOG_"))}
-    env.update(FUNDING_WS_URL=sim.ws_url("stream"), FUNDING_REST_URL="off", FUNDING_STATE_FILE=str(state),
-               FUNDING_SUMMARY_SECONDS="1", PYTHONUNBUFFERED="1")
-    log_path = tmp_path / "daemon.log"
-    with open(log_path, "wb") as log_file:
-        daemon = subprocess.Popen([sys.executable, str(PROGRAMS / "binance_funding_ws_daemon.py")], env=env,
-                                  stdout=log_file, stderr=subprocess.STDOUT)
-    try:
+    with running_daemon(tmp_path, sim.ws_url("stream"), "off") as (state, log_path):
         assert wait_until(lambda: "event=connected" in log_path.read_text() and "event=summary" in log_path.read_text(),
                           deadline=60), log_path.read_text()
         sim.set_fault("drop")
         assert wait_until(lambda: "delay_s=" in log_path.read_text(), deadline=30), log_path.read_text()
-    finally:
-        daemon.terminate()
-        daemon.wait(15)
     events = event_lines(log_path.read_text())
     names = [e["event"] for e in events]
     assert {"start", "connect", "connected", "disconnect", "summary", "stop", "exit"} <= set(names), names

@@ -19,7 +19,6 @@ from fakes.support import (
     FAKE_SUDO,
     FAKE_SYSTEMCTL,
     WS_UNIT,
-    ApiServer,
     FakeSystemd,
     closed_url,
     daemon_state,
@@ -99,30 +98,9 @@ class Monitor:
         return result, parse_report(result.stdout)
 
 
-@pytest.fixture(scope="module")
-def api(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("api")
-    state_file = directory / "funding_state.json"
-    write_state(state_file, daemon_state({}))
-    server = ApiServer(state_file, directory / "api.log")
-    try:
-        server.wait_until_answering()
-        yield server
-    finally:
-        server.stop()
-
-
 @pytest.fixture
-def systemd(tmp_path):
-    fake = FakeSystemd(tmp_path / "systemd")
-    fake.set_state(WS_UNIT, "active")
-    fake.set_state(API_UNIT, "active")
-    return fake
-
-
-@pytest.fixture
-def monitor(systemd, api, tmp_path):
-    return Monitor(systemd, api.state_file, tmp_path / "monitor-restarts.json", api.url)
+def monitor(systemd, monitor_api, tmp_path):
+    return Monitor(systemd, monitor_api.state_file, tmp_path / "monitor-restarts.json", monitor_api.url)
 
 
 @pytest.fixture

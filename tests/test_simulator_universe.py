@@ -21,6 +21,7 @@ from binance_sim_faults import FaultError, FaultState, parse_fault_flag
 from binance_sim_market import Market
 from binance_sim_universe import mix_for
 from sim_client import FAST_ARGS, SimulatorClient, start_simulator
+from test_simulator import poll
 
 DEADLINE = 20.0
 PERPETUAL_TYPES = ("PERPETUAL", "TRADIFI_PERPETUAL")
@@ -72,17 +73,6 @@ def close_code(ws: websocket.WebSocket, timeout: float = DEADLINE) -> int:
         if opcode == websocket.ABNF.OPCODE_CLOSE:
             return struct.unpack("!H", frame.data[:2])[0] if len(frame.data) >= 2 else 1005
     raise AssertionError("connection not closed")
-
-
-def poll(predicate, what: str, timeout: float = DEADLINE) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def symbol_rows_on_array(client: SimulatorClient, pushes: int = 4) -> Dict[str, Dict[str, Any]]:

@@ -181,6 +181,14 @@ class HistoryWriter:
             raise
         return changed
 
+    def _insert_settlements(self, sql: str, rows: Iterable[Settlement], recorded_at_ms: int) -> int:
+        """`sql` with each row's values and recorded_at, in one transaction; rows written."""
+        return self._transaction(
+            (sql, (r.symbol, r.funding_time, r.reported_time or r.funding_time, r.funding_rate, r.mark_price,
+                   recorded_at_ms))
+            for r in rows
+        )
+
     def add_rest(self, rows: Iterable[Settlement], recorded_at_ms: int) -> int:
         """Upsert REST rows (REST always wins over stream rows) in one transaction; rows written."""
         sql = (
@@ -191,11 +199,7 @@ class HistoryWriter:
             "WHERE settlements.source != 'rest' OR settlements.funding_rate != excluded.funding_rate "
             "OR settlements.mark_price IS NOT excluded.mark_price"
         )
-        return self._transaction(
-            (sql, (r.symbol, r.funding_time, r.reported_time or r.funding_time, r.funding_rate, r.mark_price,
-                   recorded_at_ms))
-            for r in rows
-        )
+        return self._insert_settlements(sql, rows, recorded_at_ms)
 
     def add_stream(self, rows: Iterable[Settlement], recorded_at_ms: int) -> int:
         """Insert stream fallbacks where no row exists yet (never over a REST row); rows written."""
@@ -203,11 +207,7 @@ class HistoryWriter:
             "INSERT OR IGNORE INTO settlements (symbol, funding_time, reported_time, funding_rate, mark_price, "
             "source, recorded_at) VALUES (?, ?, ?, ?, ?, 'stream', ?)"
         )
-        return self._transaction(
-            (sql, (r.symbol, r.funding_time, r.reported_time or r.funding_time, r.funding_rate, r.mark_price,
-                   recorded_at_ms))
-            for r in rows
-        )
+        return self._insert_settlements(sql, rows, recorded_at_ms)
 
     def prune(self, before_ms: int) -> int:
         return self._transaction([("DELETE FROM settlements WHERE funding_time < ?", (before_ms,))])
