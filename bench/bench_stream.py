@@ -17,7 +17,6 @@ client was dropped (funding_api_stream_clients_dropped_total), and the stream ev
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import multiprocessing
 import os
@@ -40,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_load  # noqa: E402
 import funding_state  # noqa: E402
 import orjson  # noqa: E402
+from bench_procs import free_port, http_get  # noqa: E402
 
 STREAMS = 64
 WRK_CONNECTIONS = 16
@@ -56,24 +56,8 @@ def say(text: str) -> None:
     print("[bench-stream %s] %s" % (time.strftime("%H:%M:%S"), text), file=sys.stderr, flush=True)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def get(port: int, path: str) -> Tuple[int, bytes]:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        connection.request("GET", path)
-        response = connection.getresponse()
-        return response.status, response.read()
-    finally:
-        connection.close()
-
-
 def metric(port: int, name: str, labels: str = "") -> float:
-    _, body = get(port, "/metrics")
+    _, body = http_get(port, "/metrics", timeout=10)
     prefix = name + ("{%s}" % labels if labels else "") + " "
     for line in body.decode("utf-8").splitlines():
         if line.startswith(prefix):
@@ -252,7 +236,7 @@ def start_server(state_file: Path, port: int, log_path: Path) -> subprocess.Pope
     end = time.monotonic() + 30
     while time.monotonic() < end:
         try:
-            if get(port, "/funding/health")[0] == 200:
+            if http_get(port, "/funding/health", timeout=10)[0] == 200:
                 return process
         except OSError:
             time.sleep(0.1)
