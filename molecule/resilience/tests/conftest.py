@@ -65,7 +65,7 @@ def pytest_collection_modifyitems(config, items):
     core_of: Dict[str, bool] = {}
     for item in items:
         testinfra_host = getattr(item, "callspec", None) and item.callspec.params.get("_testinfra_host")
-        if testinfra_host is None:
+        if getattr(testinfra_host, "backend", None) is None:
             keep.append(item)
             continue
         name = testinfra_host.backend.host
