@@ -189,7 +189,7 @@ ensure_promtool() {
 }
 
 # The oldest ansible-core the role claims (requirements-ansible-oldest.txt) in its own virtualenv, for the fleet
-# scenario's rollout. ansible-core 2.15's controller runs on Python 3.9-3.11, so one of those interpreters is used.
+# scenario's rollout. ansible-core 2.16's controller runs on Python 3.10-3.12, so one of those interpreters is used.
 OLDEST_ANSIBLE_VENV=$CACHE_DIR/venv-ansible-oldest
 ensure_oldest_ansible() {
   local file="$REPO_ROOT/requirements-ansible-oldest.txt" want py="" candidate
@@ -199,13 +199,13 @@ ensure_oldest_ansible() {
     log "oldest ansible-core in $OLDEST_ANSIBLE_VENV: $("$OLDEST_ANSIBLE_VENV/bin/ansible-playbook" --version | head -1)"
     return 0
   fi
-  for candidate in ${FUNDING_ANSIBLE_OLDEST_PYTHON:-} python3.11 python3.10 python3.9 python3; do
-    if "$candidate" -c 'import sys; sys.exit(not (3, 9) <= sys.version_info[:2] <= (3, 11))' >/dev/null 2>&1; then
+  for candidate in ${FUNDING_ANSIBLE_OLDEST_PYTHON:-} python3.12 python3.11 python3.10 python3; do
+    if "$candidate" -c 'import sys; sys.exit(not (3, 10) <= sys.version_info[:2] <= (3, 12))' >/dev/null 2>&1; then
       py=$candidate
       break
     fi
   done
-  [ -n "$py" ] || die "the oldest ansible-core ($(grep -v '^#' "$file")) needs a Python 3.9-3.11 controller; none found (set FUNDING_ANSIBLE_OLDEST_PYTHON)"
+  [ -n "$py" ] || die "the oldest ansible-core ($(grep -v '^#' "$file")) needs a Python 3.10-3.12 controller; none found (set FUNDING_ANSIBLE_OLDEST_PYTHON)"
   log "installing $(grep -v '^#' "$file") into $OLDEST_ANSIBLE_VENV"
   rm -rf "$OLDEST_ANSIBLE_VENV"
   if ! { "$py" -m venv "$OLDEST_ANSIBLE_VENV" && "$OLDEST_ANSIBLE_VENV/bin/pip" install --quiet \
