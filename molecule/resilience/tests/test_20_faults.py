@@ -17,7 +17,7 @@ import time
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
-from conftest import BOX_TOOLS, main_pid, now, probe, restarts, sim_clear, sim_fault
+from conftest import BOX_TOOLS, CORE_GROUP, main_pid, now, probe, restarts, sim_clear, sim_fault
 from funding_box import SIMULATOR, UNITS, get_json, http, wait_for
 
 WS_UNIT, API_UNIT = UNITS
@@ -542,9 +542,16 @@ def deliberate(event: Dict[str, Any]) -> bool:
         start - 0.5 <= event["t"] <= end + 0.5 for start, end in DELIBERATE_TAMPERING)
 
 
+# Values the reader must have checked against the pushes, so its verdict means something: the full matrix runs for
+# about 8 minutes of mostly live data; the core cases for about 4, three of them the exchange's outage (no pushes).
+MIN_VERIFIED_FULL, MIN_VERIFIED_CORE = 10_000, 2_000
+
+
 def test_case_r_no_reader_ever_saw_a_torn_file_a_wrong_price_or_a_traceback(host, reader, case_row):
-    with case_row("R reader during cases 1-10, 12", "no torn file, wrong price, non-JSON, 5xx or traceback "
-                  "(state file and API read every 0.25 s)") as row:
+    core = CORE_GROUP in host.ansible.get_variables().get("group_names", [])
+    with case_row("R reader during cases %s" % ("1, 2, 4, 5, 10" if core else "1-10, 12"),
+                  "no torn file, wrong price, non-JSON, 5xx or traceback (state file and API read every 0.25 s)"
+                  ) as row:
         summary = reader.summary()
         counters = summary["counters"]
         events = reader.events()
@@ -552,12 +559,13 @@ def test_case_r_no_reader_ever_saw_a_torn_file_a_wrong_price_or_a_traceback(host
         missing = [e for e in events if e["kind"] == "state_missing" and not deliberate(e)]
         excused = sum(1 for e in events if deliberate(e))
         row.observed = ("%.0f s; %d state reads, %d values checked against the pushes (%d unverifiable), %d API "
-                        "answers (%d prices checked), %d health polls; errors %d, file missing %d outside case 9 "
-                        "(%d expected inside it)") % (
+                        "answers (%d prices checked), %d health polls; errors %d, file missing %d outside deliberate "
+                        "tampering (%d expected inside it)") % (
             summary["t"] - summary["startedAt"], counters.get("state_reads", 0), counters.get("state_verified", 0),
             counters.get("state_unverified", 0), counters.get("api_answers", 0), counters.get("api_verified", 0),
             counters.get("health_polls", 0), len(errors), len(missing), excused)
         assert all(summary["alive"]), summary
         assert not errors, errors[:10]
         assert not missing, missing[:5]
-        assert counters.get("state_verified", 0) > 10_000 and counters.get("api_verified", 0) > 100, counters
+        minimum = MIN_VERIFIED_CORE if core else MIN_VERIFIED_FULL
+        assert counters.get("state_verified", 0) > minimum and counters.get("api_verified", 0) > 100, counters
