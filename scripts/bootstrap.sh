@@ -188,6 +188,35 @@ ensure_promtool() {
   [ $rc -eq 0 ] || die "could not unpack promtool from the prometheus package"
 }
 
+# The oldest ansible-core the role claims (requirements-ansible-oldest.txt) in its own virtualenv, for the fleet
+# scenario's rollout. ansible-core 2.16's controller runs on Python 3.10-3.12, so one of those interpreters is used.
+OLDEST_ANSIBLE_VENV=$CACHE_DIR/venv-ansible-oldest
+ensure_oldest_ansible() {
+  local file="$REPO_ROOT/requirements-ansible-oldest.txt" want py="" candidate
+  want=$(sha256sum "$file" | cut -d' ' -f1)
+  if [ -x "$OLDEST_ANSIBLE_VENV/bin/ansible-playbook" ] \
+      && [ "$(cat "$OLDEST_ANSIBLE_VENV/.requirements.sha256" 2>/dev/null)" = "$want" ]; then
+    log "oldest ansible-core in $OLDEST_ANSIBLE_VENV: $("$OLDEST_ANSIBLE_VENV/bin/ansible-playbook" --version | head -1)"
+    return 0
+  fi
+  for candidate in ${FUNDING_ANSIBLE_OLDEST_PYTHON:-} python3.12 python3.11 python3.10 python3; do
+    if "$candidate" -c 'import sys; sys.exit(not (3, 10) <= sys.version_info[:2] <= (3, 12))' >/dev/null 2>&1; then
+      py=$candidate
+      break
+    fi
+  done
+  [ -n "$py" ] || die "the oldest ansible-core ($(grep -v '^#' "$file")) needs a Python 3.10-3.12 controller; none found (set FUNDING_ANSIBLE_OLDEST_PYTHON)"
+  log "installing $(grep -v '^#' "$file") into $OLDEST_ANSIBLE_VENV"
+  rm -rf "$OLDEST_ANSIBLE_VENV"
+  if ! { "$py" -m venv "$OLDEST_ANSIBLE_VENV" && "$OLDEST_ANSIBLE_VENV/bin/pip" install --quiet \
+      --disable-pip-version-check -r "$file"; } >"$CACHE_DIR/venv-ansible-oldest.log" 2>&1; then
+    tail -n 20 "$CACHE_DIR/venv-ansible-oldest.log" >&2
+    rm -rf "$OLDEST_ANSIBLE_VENV"
+    die "pip could not install $file (PyPI unreachable?); log: $CACHE_DIR/venv-ansible-oldest.log"
+  fi
+  echo "$want" >"$OLDEST_ANSIBLE_VENV/.requirements.sha256"
+}
+
 ensure_docker() {
   ensure_docker_packages
   ensure_docker_engine

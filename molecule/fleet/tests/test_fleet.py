@@ -59,3 +59,13 @@ def test_the_rollout_went_host_by_host_and_stopped_at_the_failure():
     first, second = log.find("[%s]" % FIRST), log.find("[%s]" % SECOND)
     assert 0 <= first < second, "hosts not rolled out one after the other"
     assert "[%s]" % THIRD not in log
+
+
+def test_the_rollout_ran_with_the_ansible_core_it_was_given():
+    """make test gives the oldest supported ansible-core (requirements-ansible-oldest.txt); rollout.log's first line
+    is that controller's `ansible-playbook --version`."""
+    expected = os.environ.get("FUNDING_FLEET_ANSIBLE_CORE")
+    first_line = ROLLOUT_LOG.read_text().splitlines()[0]
+    assert first_line.startswith("ansible-playbook [core "), first_line
+    if expected:
+        assert "[core %s]" % expected in first_line, first_line

@@ -74,7 +74,9 @@ def wait_fresh(since: float, timeout: float, other_pid: Optional[int]) -> Dict[s
     return {"ok": False, "at": time.time(), "elapsed": time.time() - since, "last": last}
 
 
-def wait_api(since: float, timeout: float, any_status: bool) -> Dict[str, Any]:
+def wait_api(since: float, timeout: float, any_status: bool, healthy: bool = False) -> Dict[str, Any]:
+    """Until /funding/health answers 200 (or 503 too with any_status; with healthy only 200 with status healthy,
+    not degraded)."""
     deadline = time.time() + timeout
     last: Any = None
     while time.time() < deadline:
@@ -82,8 +84,11 @@ def wait_api(since: float, timeout: float, any_status: bool) -> Dict[str, Any]:
             status, body = get("/funding/health", timeout=2)
             last = status
             if status == 200 or (any_status and status in (200, 503)):
-                return {"ok": True, "at": time.time(), "elapsed": time.time() - since, "status": status,
-                        "body": json.loads(body)}
+                answer = json.loads(body)
+                last = (status, answer.get("status"))
+                if not healthy or answer.get("status") == "healthy":
+                    return {"ok": True, "at": time.time(), "elapsed": time.time() - since, "status": status,
+                            "body": answer}
         except (OSError, http.client.HTTPException, ValueError) as exc:
             last = "%s: %s" % (type(exc).__name__, exc)
         time.sleep(POLL_SECONDS)
@@ -318,6 +323,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     api.add_argument("--since", type=float, required=True)
     api.add_argument("--timeout", type=float, default=60)
     api.add_argument("--any-status", action="store_true")
+    api.add_argument("--healthy", action="store_true", help="wait for 200 with status healthy (not degraded)")
     sub.add_parser("snapshot")
     tamper_parser = sub.add_parser("tamper")
     tamper_parser.add_argument("--mode", choices=("corrupt", "delete"), required=True)
@@ -334,7 +340,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.probe == "fresh":
         result = wait_fresh(args.since, args.timeout, args.other_pid)
     elif args.probe == "api":
-        result = wait_api(args.since, args.timeout, args.any_status)
+        result = wait_api(args.since, args.timeout, args.any_status, args.healthy)
     elif args.probe == "snapshot":
         result = snapshot()
     elif args.probe == "tamper":

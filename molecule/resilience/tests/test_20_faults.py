@@ -10,13 +10,14 @@ WebSocket alone, so the connection is already old when it starts waiting for the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
-from conftest import BOX_TOOLS, main_pid, now, probe, restarts, sim_clear, sim_fault
+from conftest import BOX_TOOLS, CORE_GROUP, main_pid, now, probe, restarts, sim_clear, sim_fault
 from funding_box import SIMULATOR, UNITS, get_json, http, wait_for
 
 WS_UNIT, API_UNIT = UNITS
@@ -341,10 +342,52 @@ def test_case_09_state_file_corrupted_then_deleted(host, reader, case_row):
         assert (main_pid(host, WS_UNIT), restarts(host, WS_UNIT)) == (pid, count)
 
 
+STATE_DIR = "/var/lib/binance-funding"
+SMALL_STATE_FS = "size=8m"  # the Debian 12 box's own tmpfs (molecule.yml): the state file and a day of history
+
+
+def restart_on_the_state_dir(host) -> None:
+    """Restart the daemon and the API, so their mount namespaces (ProtectSystem=, StateDirectory=) see what the state
+    directory is now, and wait for fresh data."""
+    restarted_at = now()
+    assert host.run("systemctl restart %s %s" % (WS_UNIT, API_UNIT)).rc == 0
+    assert wait_fresh(host, restarted_at, 60)["ok"]
+
+
+@contextlib.contextmanager
+def small_state_filesystem(host) -> Iterator[str]:
+    """The state directory on a small filesystem for the disk-full case. A box whose state directory persists (the
+    Debian 13 one: on the container's own filesystem, for the reboot case) gets an 8 MiB tmpfs mounted over it, with
+    its files copied in, for this case only; afterwards the files are copied back and the tmpfs is gone."""
+    fstype = host.check_output("findmnt -n -o FSTYPE --target %s" % STATE_DIR).strip()
+    if fstype == "tmpfs":
+        yield "the box's tmpfs"
+        return
+    uid, gid, mode = host.check_output("stat -c '%%u %%g %%a' %s" % STATE_DIR).split()
+    copy = "/run/resilience-state-copy"
+    began = now()
+    mounted = host.run(f"rm -rf {copy} && cp -a {STATE_DIR} {copy} && mount -t tmpfs "
+                       f"-o {SMALL_STATE_FS},uid={uid},gid={gid},mode={mode} resilience-state {STATE_DIR} && "
+                       f"cp -a {copy}/. {STATE_DIR}/ && rm -rf {copy}")
+    assert mounted.rc == 0, mounted.stderr
+    restart_on_the_state_dir(host)
+    DELIBERATE_TAMPERING.append((began, now()))
+    try:
+        yield "an 8 MiB tmpfs mounted over the persistent directory"
+    finally:
+        began = now()
+        restored = host.run(f"rm -rf {copy} && cp -a {STATE_DIR} {copy} && umount -l {STATE_DIR} && "
+                            f"cp -a {copy}/. {STATE_DIR}/ && rm -rf {copy}")
+        restart_on_the_state_dir(host)
+        DELIBERATE_TAMPERING.append((began, now()))
+        assert restored.rc == 0, restored.stderr
+        assert host.check_output("findmnt -n -o FSTYPE --target %s" % STATE_DIR).strip() == fstype
+
+
 def test_case_10_disk_full_keeps_the_old_file_and_recovers(host, reader, case_row):
     filler = "/var/lib/binance-funding/.resilience-filler"
     with case_row("10 disk full (small tmpfs)", "daemon logs, keeps running, old file intact; recovers when space "
-                  "returns") as row:
+                  "returns") as row, small_state_filesystem(host) as filesystem:
         wait_fresh(host, now() - 3, 60)
         pid, count = main_pid(host, WS_UNIT), restarts(host, WS_UNIT)
         full_at = now()
@@ -373,9 +416,10 @@ def test_case_10_disk_full_keeps_the_old_file_and_recovers(host, reader, case_ro
         resumed = [x for x in lines if "written again after" in x]
         leftovers = host.check_output("ls -A /var/lib/binance-funding").split()
         row.recovered_in = recovered
-        row.observed = ("free %s B; file unchanged while full: %s; API BTCUSDT %s; daemon same pid: %s; logged: "
-                        "%s; %s; written %.1f s after space returned; dir: %s") % (
-            free, before == after, api_status, alive, (logged[0].split(": ", 2)[-1][:60] if logged else "nothing"),
+        row.observed = ("on %s: free %s B; file unchanged while full: %s; API BTCUSDT %s; daemon same pid: %s; "
+                        "logged: %s; %s; written %.1f s after space returned; dir: %s") % (
+            filesystem, free, before == after, api_status, alive,
+            (logged[0].split(": ", 2)[-1][:60] if logged else "nothing"),
             resumed[0][5:60] if resumed else "no resume line", recovered, " ".join(leftovers))
         assert before == after and intact["funding_state"], "the state file changed while the disk was full"
         assert alive and api_status == 200
@@ -498,9 +542,16 @@ def deliberate(event: Dict[str, Any]) -> bool:
         start - 0.5 <= event["t"] <= end + 0.5 for start, end in DELIBERATE_TAMPERING)
 
 
+# Values the reader must have checked against the pushes, so its verdict means something: the full matrix runs for
+# about 8 minutes of mostly live data; the core cases for about 4, three of them the exchange's outage (no pushes).
+MIN_VERIFIED_FULL, MIN_VERIFIED_CORE = 10_000, 2_000
+
+
 def test_case_r_no_reader_ever_saw_a_torn_file_a_wrong_price_or_a_traceback(host, reader, case_row):
-    with case_row("R reader during cases 1-10, 12", "no torn file, wrong price, non-JSON, 5xx or traceback "
-                  "(state file and API read every 0.25 s)") as row:
+    core = CORE_GROUP in host.ansible.get_variables().get("group_names", [])
+    with case_row("R reader during cases %s" % ("1, 2, 4, 5, 10" if core else "1-10, 12"),
+                  "no torn file, wrong price, non-JSON, 5xx or traceback (state file and API read every 0.25 s)"
+                  ) as row:
         summary = reader.summary()
         counters = summary["counters"]
         events = reader.events()
@@ -508,12 +559,13 @@ def test_case_r_no_reader_ever_saw_a_torn_file_a_wrong_price_or_a_traceback(host
         missing = [e for e in events if e["kind"] == "state_missing" and not deliberate(e)]
         excused = sum(1 for e in events if deliberate(e))
         row.observed = ("%.0f s; %d state reads, %d values checked against the pushes (%d unverifiable), %d API "
-                        "answers (%d prices checked), %d health polls; errors %d, file missing %d outside case 9 "
-                        "(%d expected inside it)") % (
+                        "answers (%d prices checked), %d health polls; errors %d, file missing %d outside deliberate "
+                        "tampering (%d expected inside it)") % (
             summary["t"] - summary["startedAt"], counters.get("state_reads", 0), counters.get("state_verified", 0),
             counters.get("state_unverified", 0), counters.get("api_answers", 0), counters.get("api_verified", 0),
             counters.get("health_polls", 0), len(errors), len(missing), excused)
         assert all(summary["alive"]), summary
         assert not errors, errors[:10]
         assert not missing, missing[:5]
-        assert counters.get("state_verified", 0) > 10_000 and counters.get("api_verified", 0) > 100, counters
+        minimum = MIN_VERIFIED_CORE if core else MIN_VERIFIED_FULL
+        assert counters.get("state_verified", 0) > minimum and counters.get("api_verified", 0) > 100, counters
