@@ -79,7 +79,8 @@ run_oldest_python() {
     "$venv/bin/python" "$program" --help >/dev/null || { warn "$program --help fails on Python 3.9"; return 1; }
   done
   "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/test_feed.py tests/test_daemon_units.py \
-    tests/test_api_units.py tests/test_role_variables.py tests/test_terms.py tests/test_history_store.py
+    tests/test_api_units.py tests/test_role_variables.py tests/test_terms.py tests/test_history_store.py \
+    tests/test_daemon_gap_streams.py tests/test_api_stream_units.py
 }
 
 # The fleet scenario's rollout runs with the oldest ansible-core the role supports (requirements-ansible-oldest.txt),
