@@ -94,13 +94,19 @@ def test_no_stream_is_planned_without_a_universe_or_while_the_array_does_not_del
     assert gap_streams.array_spell(slots[0]) is None and gap_streams.stream_slot == {}
 
 
-def test_gaps_beyond_one_connection_open_an_overflow_slot_on_the_same_path_family(feed, slots, gap_streams):
+def more_gaps_than_one_connection_carries(feed, slots, gap_streams):
+    """1 100 universe symbols the array never brings (it brings AUSDT only), measured over its pushes; their names."""
     missing = ["S%04dUSDT" % n for n in range(1100)]
     feed.apply_universe(universe_of("AUSDT", *missing), 1.0)
     gap_streams.reconcile(slots, after_grace(slots))
     for _ in range(ARRAY_PUSHES_MEASURED):
         array_push(feed, "AUSDT")
     gap_streams.reconcile(slots, after_grace(slots))
+    return missing
+
+
+def test_gaps_beyond_one_connection_open_an_overflow_slot_on_the_same_path_family(feed, slots, gap_streams):
+    missing = more_gaps_than_one_connection_carries(feed, slots, gap_streams)
     assert len(slots) == 2 and slots[1].url == overflow_url(URL) and slots[1].primary is None
     assert len(slots[0].streams) == funding_subscriptions.MAX_STREAMS_PER_CONNECTION - 1, "slot 0 carries the array"
     assert len(slots[1].streams) == 1100 - len(slots[0].streams)
@@ -109,12 +115,7 @@ def test_gaps_beyond_one_connection_open_an_overflow_slot_on_the_same_path_famil
 
 def test_symbols_leaving_the_universe_lose_their_stream_and_an_emptied_overflow_connection_closes(
         feed, slots, gap_streams, caplog):
-    missing = ["S%04dUSDT" % n for n in range(1100)]
-    feed.apply_universe(universe_of("AUSDT", *missing), 1.0)
-    gap_streams.reconcile(slots, after_grace(slots))
-    for _ in range(ARRAY_PUSHES_MEASURED):
-        array_push(feed, "AUSDT")
-    gap_streams.reconcile(slots, after_grace(slots))
+    more_gaps_than_one_connection_carries(feed, slots, gap_streams)
     kept = sorted(s for s, index in gap_streams.stream_slot.items() if index == 0)[:3]
     overflow = open_connection(feed, slots[1], 2)
     caplog.set_level(logging.INFO, logger=funding_daemon_log.PROGRAM)
