@@ -13,8 +13,15 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import httpx
 import pytest
 from httpx_sse import ServerSentEvent, connect_sse
-from prometheus_client.parser import text_string_to_metric_families
-from test_api_support import assert_json_error, fresh_symbols, short_tempdir, start_api, wait_until, write_state
+from test_api_support import (
+    assert_json_error,
+    fresh_symbols,
+    metric,
+    short_tempdir,
+    start_api,
+    wait_until,
+    write_state,
+)
 
 MAX_STREAMS = 4
 SEND_TIMEOUT = 1.0
@@ -45,15 +52,6 @@ def symbols(stream_api):
     write_state(stream_api.state_file, current)
     assert wait_until(lambda: metric(stream_api, "funding_api_streams_open") == 0), "a stream is still open"
     return current
-
-
-def metric(api, name: str, **labels: str) -> float:
-    text = api.get("/metrics").body.decode("utf-8")
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return sample.value
-    return 0.0
 
 
 class EventReader:

@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import funding_state
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parent.parent
 SERVER = REPO / "roles" / "funding" / "files" / "funding_api_server.py"
@@ -432,6 +433,17 @@ def sockets_per_worker(api: "ApiProcess", state: str) -> Dict[int, int]:
     return {
         pid: sum(1 for inode in set(socket_inodes(pid)) if on_port.get(inode) == state) for pid in worker_pids(api)
     }
+
+
+def metric(api: "ApiProcess", name: str, **labels: str) -> Optional[float]:
+    """One sample of the API's /metrics, parsed by Prometheus' own parser; None when it is not there."""
+    reply = api.get("/metrics")
+    assert reply.status == 200, reply
+    for family in text_string_to_metric_families(reply.body.decode("utf-8")):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return None
 
 
 def assert_json_response(reply: Reply) -> Any:

@@ -6,12 +6,12 @@ from __future__ import annotations
 import time
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from test_api_support import (
     api,  # noqa: F401  (module fixture)
     api_workdir,  # noqa: F401  (module fixture)
     assert_json_error,
     assert_json_response,
+    metric,
     record,
     write_state,
 )
@@ -32,16 +32,6 @@ def universe_of(count):
 def records_for(universe, now, skip=(), age=1.0):
     return {s: record(now, age=age, contractType=c["contractType"], underlyingType=c["underlyingType"])
             for s, c in universe.items() if s not in skip}
-
-
-def metric(api, name, **labels):  # noqa: F811
-    reply = api.get("/metrics")
-    assert reply.status == 200
-    for family in text_string_to_metric_families(reply.body.decode("utf-8")):
-        for s in family.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                return s.value
-    return None
 
 
 def test_records_carry_contract_and_underlying_type(api):  # noqa: F811

@@ -6,9 +6,10 @@ import json
 import re
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 API = "http://127.0.0.1:8888"
 SIMULATOR = "http://127.0.0.1:9000"
@@ -46,6 +47,17 @@ def get_json(host: Any, url: str) -> Tuple[int, Dict[str, Any]]:
         return status, json.loads(body)
     except ValueError:
         raise AssertionError("%s answered %s with a body that is not JSON: %r" % (url, status, body[:500])) from None
+
+
+def metric(host: Any, name: str, **labels: str) -> Optional[float]:
+    """One sample of the API's /metrics in the box, parsed by Prometheus' own parser; None when it is not there."""
+    status, body = http(host, API + "/metrics")
+    assert status == 200, body[:300]
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return None
 
 
 def journal(host: Any, unit: str, lines: int = 60) -> str:

@@ -10,7 +10,19 @@ import time
 from pathlib import Path
 
 import pytest
-from funding_box import ALL_UNITS, API, SIMULATOR, UNITS, deployment, exposure, get_json, http, journal, wait_for
+from funding_box import (
+    ALL_UNITS,
+    API,
+    SIMULATOR,
+    UNITS,
+    deployment,
+    exposure,
+    get_json,
+    http,
+    journal,
+    metric,
+    wait_for,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 
@@ -353,16 +365,6 @@ def test_history_serves_the_rates_the_simulator_settled_after_a_settlement_in_th
     assert db.exists and db.user == box["funding_user"]
 
 
-def metric_value(host, name, labels=""):
-    _, body = http(host, API + "/metrics")
-    for family in text_string_to_metric_families(body):
-        for sample in family.samples:
-            wanted = dict(item.split("=", 1) for item in labels.split(",")) if labels else {}
-            if sample.name == name and all(sample.labels.get(k) == v.strip('"') for k, v in wanted.items()):
-                return sample.value
-    return 0.0
-
-
 def test_the_stream_sends_a_snapshot_then_updates_from_the_live_feed(host):
     # curl is an ordinary SSE client; --max-time ends it after the simulator pushed (every second) a few times.
     out = host.run("curl -sN --max-time 5 '%s/funding/stream?symbols=BTCUSDT,XAUUSDT'" % API).stdout
@@ -386,13 +388,12 @@ time.sleep(40)  # never reads
 def test_a_stalled_stream_client_is_dropped_by_the_hardened_service_and_requests_go_on(host):
     # Telling a stalled client needs the worker's own view of its socket (/proc/self/fd, SIOCOUTQ): this proves it
     # works inside the unit's sandbox (ProcSubset=pid, SystemCallFilter=@system-service), not only in the test suite.
-    dropped = 'reason="slow"'
-    before = metric_value(host, "funding_api_stream_clients_dropped_total", dropped)
+    before = metric(host, "funding_api_stream_clients_dropped_total", reason="slow")
     host.run("cat > /tmp/stalled_stream.py <<'EOF'\n%s\nEOF" % STALLED_STREAM)
     host.run("nohup python3 /tmp/stalled_stream.py >/dev/null 2>&1 &")
     try:
         timeout = deployment(host)["funding_api_stream_send_timeout_seconds"]
-        wait_for(lambda: metric_value(host, "funding_api_stream_clients_dropped_total", dropped) > before,
+        wait_for(lambda: metric(host, "funding_api_stream_clients_dropped_total", reason="slow") > before,
                  timeout=timeout + 20, what="the stalled client dropped")
         assert http(host, API + "/funding/BTCUSDT")[0] == 200
         assert "event=stream_client_dropped reason=slow" in journal(host, "binance-funding-api", 200)
