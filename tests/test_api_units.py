@@ -189,6 +189,37 @@ def test_a_new_view_keeps_unchanged_records_and_rebuilds_exactly_the_changed_one
     assert json.loads(second.records["S007USDT"].encode(now))["markPrice"] == 123.5
 
 
+def test_a_state_file_rewritten_with_one_change_rebuilds_one_record_through_the_reader(tmp_path):
+    path = tmp_path / "state.json"
+    symbols = fresh_symbols(count=100)
+    write_state(path, symbols)
+    views = StateViews(StateReader(str(path)))
+    first = views.current()[0]
+    symbols["ETHUSDT"] = dict(symbols["ETHUSDT"], fundingRate=0.0042)
+    write_state(path, symbols)
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))  # a new stat even within one clock tick
+    assert views.refresh()
+    second = views.current()[0]
+    # The reader handed every unchanged entry over as the previous object, so the view kept their records.
+    assert {s for s, r in second.records.items() if first.records.get(s) is not r} == {"ETHUSDT"}
+    assert json.loads(second.records["ETHUSDT"].encode(time.time()))["fundingRate"] == 0.0042
+
+
+def test_the_reader_hands_over_unchanged_entries_as_the_previous_objects_and_still_checks_changed_ones():
+    now = time.time()
+    previous = {"AUSDT": record(now), "BUSDT": record(now)}
+    payload = funding_state.build_payload(
+        {"AUSDT": dict(previous["AUSDT"]), "BUSDT": dict(previous["BUSDT"], markPrice=7.0)},
+        funding_state.new_connection_status(), now, 1)
+    checked = funding_state.validate_payload(payload, previous)["funding_state"]
+    assert checked["AUSDT"] is previous["AUSDT"] and checked["BUSDT"] is not previous["BUSDT"]
+    broken = funding_state.build_payload(
+        {"AUSDT": dict(previous["AUSDT"]), "BUSDT": dict(previous["BUSDT"], markPrice="x")},
+        funding_state.new_connection_status(), now, 1)
+    with pytest.raises(funding_state.StateFileError):
+        funding_state.validate_payload(broken, previous)
+
+
 def test_counters_of_two_processes_add_up_in_one_file(tmp_path):
     path = tmp_path / "counters"
     path.write_bytes(b"\0" * counters_file_size(2))

@@ -186,21 +186,22 @@ def build_records(
 ) -> Dict[str, SymbolRecord]:
     """Every symbol of a validated state as a SymbolRecord (about 1.5 ms for 1 000 symbols), in the state's order.
 
-    `previous` is the (funding_state, records) of the view before: a symbol whose entry is equal to the one it had
-    there keeps its record object (a record depends on its entry alone), so a file in which 25 of 1 000 symbols
-    changed costs 25 records, and consumers can tell an unchanged record by identity.
+    `previous` is the (funding_state, records) of the view before: a symbol whose entry is the very object it had
+    there keeps its record object (a record depends on its entry alone; StateReader hands an unchanged entry over as
+    the previous object), so a file in which 25 of 1 000 symbols changed costs 25 records, and consumers can tell an
+    unchanged record by identity.
     """
     kept: Dict[str, SymbolRecord] = {}
     if previous is not None:
         old_state, old_records = previous
+        old_entry, old_record = old_state.get, old_records.get
         for symbol, entry in funding_state.items():
-            old_entry = old_state.get(symbol)
-            if old_entry is not None and old_entry == entry:
-                record = old_records.get(symbol)
+            if old_entry(symbol) is entry:
+                record = old_record(symbol)
                 if record is not None:
                     kept[symbol] = record
     if len(kept) == len(funding_state):
-        return dict(kept)
+        return kept
     documents = [_seed_document(symbol, entry) for symbol, entry in funding_state.items() if symbol not in kept]
     heads = encode_heads(documents)
     built: Dict[str, SymbolRecord] = {}

@@ -323,8 +323,12 @@ def write_state_atomic(path: str, payload: Mapping[str, Any]) -> int:
     return len(data)
 
 
-def validate_payload(payload: Any) -> Dict[str, Any]:
-    """Check a decoded state file against the contract; return it or raise StateFileError."""
+def validate_payload(payload: Any, previous: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """Check a decoded state file against the contract; return it or raise StateFileError.
+
+    `previous`: the funding_state of the last file that passed. An entry equal to its entry there is not checked
+    again, and the previous (equal) object takes its place, so readers can tell unchanged symbols by identity.
+    """
     if not isinstance(payload, dict):
         raise StateFileError("top level is %s, not an object" % type(payload).__name__)
     funding_state = payload.get("funding_state")
@@ -336,7 +340,12 @@ def validate_payload(payload: Any) -> Dict[str, Any]:
     if not is_finite_number(payload.get("updated_at")):
         raise StateFileError("updated_at is missing or not a number")
     isfinite = math.isfinite
+    previous = previous or {}
     for symbol, record in funding_state.items():
+        known = previous.get(symbol)
+        if known is not None and known == record:
+            funding_state[symbol] = known  # an existing key: the dict does not change size while iterated
+            continue
         if type(record) is dict:
             # Fast path, the daemon's records: the four NUMBER fields are floats with a finite sum (so each is
             # finite). Anything else (ints, nulls, NaN, a sum that overflows) takes the exact check. It keeps a
@@ -349,16 +358,16 @@ def validate_payload(payload: Any) -> Dict[str, Any]:
     return payload
 
 
-def decode_state(data: bytes) -> Dict[str, Any]:
+def decode_state(data: bytes, previous: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     try:
         payload = funding_json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise StateFileError("not valid JSON: %s" % exc) from None
-    return validate_payload(payload)
+    return validate_payload(payload, previous)
 
 
-def read_state(path: str) -> Dict[str, Any]:
-    """Read and validate the state file once; raise StateFileError on any problem."""
+def read_state(path: str, previous: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """Read and validate the state file once; raise StateFileError on any problem (`previous`: validate_payload)."""
     try:
         with open(path, "rb") as handle:
             data = handle.read()
@@ -366,7 +375,7 @@ def read_state(path: str) -> Dict[str, Any]:
         raise StateFileError("state file %s does not exist" % path) from None
     except OSError as exc:
         raise StateFileError("cannot read state file %s: %s" % (path, exc.strerror or exc)) from None
-    return decode_state(data)
+    return decode_state(data, previous)
 
 
 @dataclass
@@ -419,7 +428,8 @@ class StateReader:
                 return self._copy()
             self._snapshot.stat_key = key
             try:
-                payload = read_state(self.path)
+                last = self._snapshot.payload
+                payload = read_state(self.path, last["funding_state"] if last else None)
             except StateFileError as exc:
                 self._snapshot.error = str(exc)
                 return self._copy()
