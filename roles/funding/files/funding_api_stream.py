@@ -377,13 +377,13 @@ class StreamHub:
             changed: Tuple[str, ...] = tuple(view.records)
             removed: Tuple[str, ...] = ()
         else:
-            old_get = old.records.get
+            old_records = old.records
+            old_get = old_records.get
             # An unchanged symbol keeps its record object (funding_api_view.build_records): identity first.
             changed = tuple(
                 s for s, r in view.records.items()
-                if old_get(s) is not r and (old_get(s) is None or old_get(s).head != r.head)
+                if (before := old_get(s)) is not r and (before is None or before.head != r.head)
             )
-            old_records = old.records
             removed = tuple(s for s in old_records if s not in view.records)
         self.view = view
         self._bodies.clear()
