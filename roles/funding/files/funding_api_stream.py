@@ -22,12 +22,12 @@ old, malformed, not ours) a snapshot. The id of an event is the newest version w
 has fully received (a change held back by the one-per-second rule keeps the id before it), so a resume
 can repeat a record, never miss one.
 
-Isolation. The hub (one per worker) notices a new view through the view refresher's callback, diffs it
-once, and marks each client's pending symbols; each client is one coroutine that writes without ever
-waiting on the client. Granian queues what is written without a bound and does not say how far the
-client has read, so each stream looks at its own TCP socket (found in /proc/self/fd by its addresses):
-while the kernel holds more than HIGH_WATER_BYTES unsent for the client nothing more is written (changes
-keep coalescing, so memory stays bounded), and a client that has had data waiting for
+Isolation. The hub (one per worker) notices a new view through the view refresher's callback, diffs it once,
+and in the same pass notes each client's pending symbols and writes what may go out (never waiting on the
+client; clients in step share one encoding). Granian queues what is written without a bound and does not say
+how far the client has read, so each stream looks at its own TCP socket (found in /proc/self/fd by its
+addresses): while the kernel holds more than HIGH_WATER_BYTES unsent for the client nothing more is written
+(changes keep coalescing, so memory stays bounded), and a client that has had data waiting for
 FUNDING_API_STREAM_SEND_TIMEOUT_SECONDS without a moment of catching up is dropped (reset). At most
 FUNDING_API_MAX_STREAMS streams are open over all workers; one more is answered 503 with Retry-After.
 """
