@@ -41,18 +41,22 @@ def run_recorder(db: Path, rest_url: str, state_file: Path, **settings: str) -> 
                           capture_output=True, text=True, timeout=180, check=False)
 
 
-def rows(db: Path, where: str = "1", params=()) -> list:
+def query(db: Path, sql: str, params=()) -> list:
+    """A read-only query of the history database; [] before its first transaction."""
     if not db.exists():
         return []
     connection = sqlite3.connect("file:%s?mode=ro" % db, uri=True)
     try:
         if not connection.execute("SELECT 1 FROM sqlite_master WHERE name = 'settlements'").fetchone():
             return []  # killed before its first transaction
-        return connection.execute(
-            "SELECT symbol, funding_time, funding_rate, mark_price, source FROM settlements WHERE %s "
-            "ORDER BY symbol, funding_time" % where, params).fetchall()
+        return connection.execute(sql, params).fetchall()
     finally:
         connection.close()
+
+
+def rows(db: Path, where: str = "1", params=()) -> list:
+    return query(db, "SELECT symbol, funding_time, funding_rate, mark_price, source FROM settlements WHERE %s "
+                     "ORDER BY symbol, funding_time" % where, params)
 
 
 def ledger(sim, since_ms: int = 0, until_ms: int = 2**62) -> dict:
@@ -64,6 +68,12 @@ def ledger(sim, since_ms: int = 0, until_ms: int = 2**62) -> dict:
             if since_ms <= slot <= until_ms:  # by settlement: a fundingTime reported 5 ms late is the same one
                 result[(symbol, slot)] = (float(row["fundingRate"]), float(row["markPrice"]))
     return result
+
+
+def settlement_count(db: Path) -> int:
+    """Rows committed so far."""
+    found = query(db, "SELECT count(*) FROM settlements")
+    return found[0][0] if found else 0
 
 
 def stored(db: Path, source: str = None) -> dict:
@@ -273,9 +283,16 @@ def test_kill_9_in_the_middle_of_a_big_backfill_never_corrupts_the_database(simu
     kills = 0
     truth = ledger(sim)
     for _ in range(12):
+        before = settlement_count(db)
         process = subprocess.Popen([sys.executable, str(RECORDER)], env=env, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.3, 1.5))
+        # Killed mid-backfill whatever the machine's speed: once this run has committed a page beyond what the runs
+        # before it left, at a random moment of what follows (a sleep of fixed length let fast runs finish the
+        # whole backfill first).
+        deadline = time.monotonic() + 60
+        while process.poll() is None and settlement_count(db) <= before and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.2))
         if process.poll() is None:
             process.send_signal(signal.SIGKILL)
             kills += 1
