@@ -234,6 +234,29 @@ def test_contract_type_filter_selects_exactly_the_records_served_with_that_contr
         reader.close()
 
 
+def test_a_stream_opened_after_a_rename_starts_from_the_new_file_on_any_worker():
+    # The refresher is slowed to a minute: opening the stream alone must bring the worker it reaches up to date, or a
+    # client that just read the new price from one worker could get the old one in its snapshot from the other.
+    workdir = short_tempdir()
+    state_file = Path(workdir) / "state.json"
+    current = fresh_symbols()
+    write_state(state_file, current)
+    api = start_api(state_file, workdir=workdir, env={"FUNDING_API_WORKERS": "2", "FUNDING_API_STATE_POLL_MS": "60000"})
+    try:
+        for version in range(1, 7):
+            current["BTCUSDT"] = dict(current["BTCUSDT"], markPrice=2000.0 + version)
+            write_state(state_file, current)
+            readers = [EventReader(api.url("/funding/stream?symbols=BTCUSDT")) for _ in range(2)]
+            try:
+                for reader in readers:
+                    assert records(reader.next("snapshot"))["BTCUSDT"]["markPrice"] == 2000.0 + version
+            finally:
+                for reader in readers:
+                    reader.close()
+    finally:
+        api.close()
+
+
 def test_a_contract_type_the_state_does_not_know_is_400_like_on_funding(stream_api, symbols):
     listing = stream_api.get("/funding?contractType=NOSUCH_TYPE")
     assert listing.status == 400

@@ -119,11 +119,32 @@ def test_views_are_rebuilt_only_when_the_reader_parsed_a_new_file(state_file):
     assert first is not None and first.count == 3
     assert views.refresh() is False and views.current()[0] is first
     write_state(state_file, fresh_symbols(count=5))
-    # A request never looks at the file: until the refresher runs, the published view stays.
-    assert views.current()[0] is first
+    # Without a stat the published view stays until the refresher runs ...
+    assert views.published()[0] is first
     assert views.refresh() is True
     second, _ = views.current()
     assert second is not first and second.count == 8 and second.loads == first.loads + 1
+    assert views.current()[0] is second and views.refresh() is False
+
+
+def test_a_request_after_a_rename_gets_the_new_file_before_the_refresher_runs(state_file):
+    views = StateViews(StateReader(str(state_file)))
+    first, _ = views.current()
+    write_state(state_file, fresh_symbols(count=5))
+    second, snapshot = views.current()
+    assert second is not first and second.count == 8 and snapshot.error is None
+    # The file did not change again: the next request reuses the view without parsing.
+    assert views.current()[0] is second and views.reader.snapshot().loads == second.loads
+
+
+def test_a_damaged_file_is_parsed_once_not_on_every_request(state_file):
+    views = StateViews(StateReader(str(state_file)))
+    good, _ = views.current()
+    state_file.write_bytes(b"{broken")
+    for _ in range(5):
+        view, snapshot = views.current()
+        assert view is good and snapshot.error is not None
+    assert views.load_errors == 1 and views.reader.snapshot().loads == good.loads
 
 
 def test_the_refresher_publishes_a_new_file_in_the_background(state_file):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import shutil
 import signal
 import socket
 import time
@@ -87,6 +88,29 @@ def test_a_new_file_reaches_every_worker(api_workers):  # noqa: F811
     # Each worker parses it in the background, with no request to prompt it.
     assert wait_until(lambda: all(a > b for a, b in zip(per_worker_slot(api_workers, LOADS_SLOT), before)), deadline=5)
     assert api_workers.get("/funding/health").json()["symbolCount"] == 13
+
+
+def test_every_worker_answers_with_the_file_in_place_when_the_request_arrived():
+    # One SO_REUSEPORT socket per worker sends a client's successive connections to different workers. A worker whose
+    # refresher had not run yet answered with the state another worker had already replaced, so a client could see a
+    # price go back. The refresher is slowed to a minute here: each request alone must bring its worker up to date.
+    workdir = short_tempdir()
+    state_file = Path(workdir) / "state.json"
+    symbols = fresh_symbols()
+    write_state(state_file, symbols)
+    api = start_api(state_file, workdir=workdir,
+                    env={"FUNDING_API_WORKERS": "2", "FUNDING_API_STATE_POLL_MS": "60000", "TMPDIR": workdir})
+    try:
+        for version in range(1, 16):
+            symbols["BTCUSDT"] = dict(symbols["BTCUSDT"], markPrice=1000.0 + version)
+            write_state(state_file, symbols)
+            with ThreadPoolExecutor(4) as pool:
+                prices = list(pool.map(lambda _: get(api.port, "/funding/BTCUSDT").json()["markPrice"], range(8)))
+            assert prices == [1000.0 + version] * 8, (version, prices)
+        assert all(per_worker_symbol_200(api)), "one worker answered every request: the test proved nothing"
+    finally:
+        api.close()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def test_the_watchdog_stops_when_every_worker_hangs(tmp_path):

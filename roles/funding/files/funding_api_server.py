@@ -16,8 +16,10 @@ dies, and stops them all on SIGTERM, exiting 0 within a few seconds.
 A client that sends half a request and waits holds a socket in a worker's Rust
 event loop, never a Python thread; FUNDING_API_HEADER_TIMEOUT closes it. Each
 worker keeps the current view of the state file and a thread refreshes it every
-FUNDING_API_STATE_POLL_MS when the file changed, so no request stats, parses or
-waits. Request counters live in a file shared by the workers, so one scrape
+FUNDING_API_STATE_POLL_MS when the file changed; a request only stats the file,
+and parses it itself only when it arrives between a rename and the thread's next
+look, so no worker answers with an older state than another one already served
+(funding_api_view). Request counters live in a file shared by the workers, so one scrape
 of /metrics shows the totals of all of them.
 
 The listening sockets come from systemd when the unit is socket-activated

@@ -402,7 +402,7 @@ class StreamHub:
         return self.history[-1].id if self.history else 0
 
     def check_health(self) -> None:
-        view, snapshot = self.views.current()
+        view, snapshot = self.views.published()
         body = self.health(view, snapshot)
         self.health_body = body
         state = health_key(body)
@@ -802,6 +802,8 @@ class StreamEndpoint:
         except FilterError as exc:
             self.reply(proto, 400, error_body(400, exc.error, exc.detail), method)
             return
+        # A client that just read a newer state from another worker must not get an older snapshot from this one.
+        self.hub.poll()
         known_types = getattr(self.hub.view, "contract_types", None)  # the contract types the state knows, if any
         if filters.contract_type and known_types is not None and filters.contract_type not in known_types:
             known = ", ".join(sorted(known_types))

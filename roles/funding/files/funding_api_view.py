@@ -1,13 +1,21 @@
-"""What the API serves, prepared once per state file, off the request path.
+"""What the API serves, prepared once per state file version, off the request path when it can be.
 
-A request must neither parse the state file nor re-encode 2 000 symbols:
-`StateViews.refresh` (called by each worker's `ViewRefresher` thread every
-FUNDING_API_STATE_POLL_MS) stats the file and, when it changed, decodes it with
-orjson and builds a `SnapshotView` in which every record is already encoded
-(all fields but `ageSeconds`, which depends on the moment of the request); the
-new view is published by one attribute assignment. A request reads
-`StateViews.current()`: no stat, no lock, no parse. State-file errors are
-remembered, so each one is logged and counted once.
+A request must not re-encode 2 000 symbols: `StateViews.refresh` (called by
+each worker's `ViewRefresher` thread every FUNDING_API_STATE_POLL_MS) stats the
+file and, when it changed, decodes it with orjson and builds a `SnapshotView`
+in which every record is already encoded (all fields but `ageSeconds`, which
+depends on the moment of the request); the new view is published by one
+attribute assignment.
+
+A request reads `StateViews.current()`: one stat, compared with the published
+view's; no lock and no parse while they match. When they differ the file was
+replaced after the refresher's last look, and the request refreshes (or waits
+for the refresh under way) before it answers. So an answer is never older than
+the file was when the request arrived, whichever worker it reaches: with one
+SO_REUSEPORT socket per worker, a client's consecutive connections land on
+different workers, and without this a worker whose refresher had not yet run
+could answer with the state before one another worker had already served.
+State-file errors are remembered, so each one is logged and counted once.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from funding_log import event
 from funding_state import (
     StateReader,
     StateSnapshot,
+    current_stat_key,
     delisted_of,
     finite_number,
     is_whole_number,
@@ -346,9 +355,10 @@ class SnapshotView:
 class StateViews:
     """The current SnapshotView, replaced by `refresh` when the state file changed.
 
-    `current()` is what a request calls: it returns the published (view, snapshot) pair, no stat, no lock.
-    `refresh()` is called by one thread (a worker's ViewRefresher; tests call it directly); the first refresh
-    happens in the constructor, so a view exists before the first request.
+    `current()` is what a request calls: the published (view, snapshot) pair, refreshed first when the file's stat
+    differs from the published one. `published()` is the pair as it stands, without a stat. `refresh()` is called
+    by a worker's ViewRefresher thread and by `current()`, serialized by a lock; the first refresh happens in the
+    constructor, so a view exists before the first request.
     """
 
     def __init__(
@@ -362,14 +372,26 @@ class StateViews:
         self.on_error = on_error
         self._published: Tuple[Optional[SnapshotView], StateSnapshot] = (None, StateSnapshot())
         self._last_error: Optional[Tuple[str, Any]] = None
+        self._refresh_lock = threading.Lock()
         self.load_errors = 0
         self.refresh()
 
     def current(self) -> Tuple[Optional[SnapshotView], StateSnapshot]:
+        published = self._published
+        if current_stat_key(self.reader.path) == published[1].stat_key:
+            return published
+        self.refresh()
+        return self._published
+
+    def published(self) -> Tuple[Optional[SnapshotView], StateSnapshot]:
         return self._published
 
     def refresh(self) -> bool:
         """Look at the file once; True when a new view was published."""
+        with self._refresh_lock:
+            return self._refresh()
+
+    def _refresh(self) -> bool:
         snapshot = self.reader.snapshot()
         view = self._published[0]
         built = False

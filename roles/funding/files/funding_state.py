@@ -378,6 +378,9 @@ def read_state(path: str, previous: Optional[Mapping[str, Any]] = None) -> Dict[
     return decode_state(data, previous)
 
 
+StatKey = Tuple[int, int, int, int]  # see file_stat_key
+
+
 @dataclass
 class StateSnapshot:
     """The last good state a StateReader holds, and what happened on the last look."""
@@ -386,7 +389,7 @@ class StateSnapshot:
     loaded_at: Optional[float] = None  # time.time() when payload was parsed
     error: Optional[str] = None  # why the current file could not be used, if it cannot
     loads: int = 0  # how many times the file was parsed
-    stat_key: Optional[Tuple[int, int, int, int]] = field(default=None, repr=False)
+    stat_key: Optional[StatKey] = field(default=None, repr=False)
 
     @property
     def funding_state(self) -> Dict[str, Dict[str, Any]]:
@@ -395,6 +398,20 @@ class StateSnapshot:
     @property
     def connection_status(self) -> Dict[str, Any]:
         return self.payload["connection_status"] if self.payload else {}
+
+
+def file_stat_key(st: os.stat_result) -> StatKey:
+    """What identifies one version of the state file: the writer renames a new inode into place, so a change of
+    (device, inode, size, mtime) means a new complete file."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def current_stat_key(path: str) -> Optional[StatKey]:
+    """The stat key of the file at `path` now; None when it cannot be stat'ed (a StateReader then reports why)."""
+    try:
+        return file_stat_key(os.stat(path))
+    except OSError:
+        return None
 
 
 class StateReader:
@@ -423,7 +440,7 @@ class StateReader:
                 self._snapshot.error = "cannot stat state file %s: %s" % (self.path, exc.strerror or exc)
                 self._snapshot.stat_key = None
                 return self._copy()
-            key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            key = file_stat_key(st)
             if key == self._snapshot.stat_key:
                 return self._copy()
             self._snapshot.stat_key = key
