@@ -80,7 +80,7 @@ run_oldest_python() {
   done
   "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/test_feed.py tests/test_daemon_units.py \
     tests/test_api_units.py tests/test_role_variables.py tests/test_terms.py tests/test_history_store.py \
-    tests/test_daemon_gap_streams.py tests/test_api_stream_units.py
+    tests/test_daemon_gap_streams.py tests/test_api_stream_units.py tests/test_api_versions.py
 }
 
 # The fleet scenario's rollout runs with the oldest ansible-core the role supports (requirements-ansible-oldest.txt),

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,36 @@ def write_state(
     settle = getattr(path, "wait_until_served", None)
     if settle is not None:
         settle(written_after, good=True)
+
+
+class RisingPrice:
+    """While in its `with` block, rewrites the state file every `interval` seconds with a higher markPrice for
+    `symbol` (1 000 001, 1 000 002, ...: above any price fresh_symbols gives), as the daemon would on a rising
+    market."""
+
+    def __init__(self, path: Path, symbol: str, interval: float = 0.01) -> None:
+        self.path = path
+        self.symbol = symbol
+        self.interval = interval
+        self.price = 1_000_000.0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, name="rising-price", daemon=True)
+
+    def run(self) -> None:
+        symbols = fresh_symbols()
+        while not self.stop.is_set():
+            self.price += 1.0
+            symbols[self.symbol] = dict(symbols[self.symbol], markPrice=self.price, updatedAt=time.time())
+            write_state(self.path, symbols)
+            self.stop.wait(self.interval)
+
+    def __enter__(self) -> "RisingPrice":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+        self.thread.join(10)
 
 
 class ServedStateFile(type(Path())):  # type: ignore[misc]

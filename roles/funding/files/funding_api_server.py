@@ -16,11 +16,12 @@ dies, and stops them all on SIGTERM, exiting 0 within a few seconds.
 A client that sends half a request and waits holds a socket in a worker's Rust
 event loop, never a Python thread; FUNDING_API_HEADER_TIMEOUT closes it. Each
 worker keeps the current view of the state file and a thread refreshes it every
-FUNDING_API_STATE_POLL_MS when the file changed; a request only stats the file,
-and parses it itself only when it arrives between a rename and the thread's next
-look, so no worker answers with an older state than another one already served
-(funding_api_view). Request counters live in a file shared by the workers, so one scrape
-of /metrics shows the totals of all of them.
+FUNDING_API_STATE_POLL_MS when the file changed. The workers announce the
+version they serve in a small shared file; a request whose worker is behind
+another brings it up to date before answering, so no worker answers with an
+older state than another one already served (funding_api_view). Request
+counters live in a file shared by the workers, so one scrape of /metrics shows
+the totals of all of them.
 
 The listening sockets come from systemd when the unit is socket-activated
 (binance-funding-api.socket lists the address once per worker with
@@ -51,6 +52,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import funding_settings
 import funding_systemd
 from funding_api_metrics import SharedCounters, counters_file_size
+from funding_api_versions import versions_file_size
 from funding_log import event
 from funding_monitor_state import MonitorFiles
 
@@ -97,6 +99,7 @@ class WorkerSettings:
     log_level: str
     header_timeout: int
     counters_path: str
+    versions_path: str
     started_at: float
     # With defaults (the settings' own), so that other fields with defaults may come before or after them.
     max_streams: int = funding_settings.API_MAX_STREAMS.parse(funding_settings.API_MAX_STREAMS.default)
@@ -118,6 +121,7 @@ def build_worker_app(settings: WorkerSettings, worker_id: int) -> Callable[..., 
     from funding_api_rsgi import RsgiFront  # noqa: PLC0415
     from funding_api_stream import StreamConfig, StreamEndpoint, StreamHub  # noqa: PLC0415
     from funding_api_ui import UiFiles  # noqa: PLC0415
+    from funding_api_versions import ServedVersions  # noqa: PLC0415
     from funding_api_view import StateViews, ViewRefresher  # noqa: PLC0415
     from funding_history import HistoryReader  # noqa: PLC0415
     from funding_rest_budget import default_budget_path  # noqa: PLC0415
@@ -136,7 +140,8 @@ def build_worker_app(settings: WorkerSettings, worker_id: int) -> Callable[..., 
         for listener in view_listeners:
             listener()
 
-    views = StateViews(StateReader(settings.state_file), on_load=loaded, on_error=load_failed)
+    views = StateViews(StateReader(settings.state_file), on_load=loaded, on_error=load_failed,
+                       versions=ServedVersions(settings.versions_path, slot=worker_id - 1))
     config = ApiConfig(
         stale_seconds=settings.stale_seconds,
         disconnect_grace_seconds=settings.disconnect_grace_seconds,
@@ -420,17 +425,16 @@ class Supervision(threading.Thread):
             delay = max(0.0, self.interval - (time.monotonic() - began))
 
 
-def create_counters_file(workers: int) -> str:
-    """The shared request counters: one region per worker, in a file only this service's processes see.
-
-    In RUNTIME_DIRECTORY when systemd gives one, else TMPDIR or /tmp (private to the unit with PrivateTmp=).
+def create_shared_file(kind: str, size: int) -> str:
+    """A zeroed file of `size` bytes the workers map (`kind`: counters, versions), which only this service's
+    processes see: in RUNTIME_DIRECTORY when systemd gives one, else TMPDIR or /tmp (private with PrivateTmp=).
     """
     # Created with O_EXCL and mode 0600, so nothing another user placed there is ever opened.
     directory = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0] or os.environ.get("TMPDIR") or "/tmp"  # noqa: S108
-    path = os.path.join(directory, "api-counters-%d-%d" % (os.getpid(), time.monotonic_ns()))
+    path = os.path.join(directory, "api-%s-%d-%d" % (kind, os.getpid(), time.monotonic_ns()))
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
-        os.ftruncate(fd, counters_file_size(workers))
+        os.ftruncate(fd, size)
     finally:
         os.close(fd)
     return path
@@ -463,6 +467,7 @@ class Workers:
             "--workers=%d" % self.count,
             "--listen-fd=%d" % self.listen_fd(worker_id),
             "--counters=%s" % s.counters_path,
+            "--versions=%s" % s.versions_path,
             "--started-at=%r" % s.started_at,
         ]
 
@@ -516,10 +521,13 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     for name in ("--worker", "--workers", "--listen-fd"):
         parser.add_argument(name, type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--counters", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--versions", default="", help=argparse.SUPPRESS)
     parser.add_argument("--started-at", type=float, default=0.0, help=argparse.SUPPRESS)
 
 
-def worker_settings(values: Dict[str, Any], counters_path: str, started_at: float) -> WorkerSettings:
+def worker_settings(
+    values: Dict[str, Any], counters_path: str, versions_path: str, started_at: float
+) -> WorkerSettings:
     return WorkerSettings(
         state_file=values[funding_settings.STATE_FILE.env],
         stale_seconds=values[funding_settings.STALE_SECONDS.env],
@@ -530,6 +538,7 @@ def worker_settings(values: Dict[str, Any], counters_path: str, started_at: floa
         log_level=values[funding_settings.LOG_LEVEL.env],
         header_timeout=values[funding_settings.API_HEADER_TIMEOUT.env],
         counters_path=counters_path,
+        versions_path=versions_path,
         started_at=started_at,
         max_streams=values[funding_settings.API_MAX_STREAMS.env],
         stream_send_timeout_seconds=values[funding_settings.API_STREAM_SEND_TIMEOUT.env],
@@ -549,7 +558,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     level = values[funding_settings.LOG_LEVEL.env]
     funding_settings.setup_logging(level, "funding_api")
     if args.worker:
-        settings = worker_settings(values, args.counters, args.started_at)
+        settings = worker_settings(values, args.counters, args.versions, args.started_at)
         return run_worker(settings, args.worker, args.workers, args.listen_fd)
     host, port = values[HOST.env], values[PORT.env]
     count = values[funding_settings.API_WORKERS.env]
@@ -565,9 +574,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     len(listeners), extra=event("workers_raised", sockets=len(listeners), workers=count))
         count = len(listeners)
     bound_host, bound_port = listeners[0].getsockname()[:2]
-    counters_path = create_counters_file(count)
+    counters_path = create_shared_file("counters", counters_file_size(count))
+    versions_path = create_shared_file("versions", versions_file_size(count))
     counters = SharedCounters(counters_path)
-    workers = Workers(count, [s.fileno() for s in listeners], worker_settings(values, counters_path, time.time()))
+    workers = Workers(count, [s.fileno() for s in listeners],
+                      worker_settings(values, counters_path, versions_path, time.time()))
     stop = threading.Event()
 
     def on_sigterm(signum: int, frame: Any) -> None:
@@ -602,10 +613,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         workers.stop()
         for listener in listeners:
             listener.close()
-        try:
-            os.unlink(counters_path)
-        except OSError:
-            pass
+        for path in (counters_path, versions_path):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
     log.info("stopped", extra=event("stop", exit_code=exit_code))
     return exit_code
 

@@ -7,15 +7,18 @@ in which every record is already encoded (all fields but `ageSeconds`, which
 depends on the moment of the request); the new view is published by one
 attribute assignment.
 
-A request reads `StateViews.current()`: one stat, compared with the published
-view's; no lock and no parse while they match. When they differ the file was
-replaced after the refresher's last look, and the request refreshes (or waits
-for the refresh under way) before it answers. So an answer is never older than
-the file was when the request arrived, whichever worker it reaches: with one
-SO_REUSEPORT socket per worker, a client's consecutive connections land on
-different workers, and without this a worker whose refresher had not yet run
-could answer with the state before one another worker had already served.
-State-file errors are remembered, so each one is logged and counted once.
+A request reads `StateViews.current()`. With one SO_REUSEPORT socket per
+worker, a client's consecutive connections land on different workers, and a
+worker whose refresher had not run yet would answer with the state another
+worker had already replaced: a price would go back. So no worker may answer
+with an older file than another already serves. Each worker announces the
+version it serves in a slot of a shared file (funding_api_versions) before it
+serves it; a request whose worker's view matches every slot takes the view
+(one 32-byte read, no lock, no stat, no parse). Otherwise it stats the file
+and, when it was replaced after the refresher's last look, refreshes (or waits
+for the refresh under way) before it answers. Without the shared slots (tests,
+a single process) every request stats. State-file errors are remembered, so
+each one is logged and counted once.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import funding_health
 import funding_json
 import funding_terms
 import funding_universe
+from funding_api_versions import ServedVersions, token_of
 from funding_health import FeedSnapshot
 from funding_log import event
 from funding_state import (
@@ -355,10 +359,11 @@ class SnapshotView:
 class StateViews:
     """The current SnapshotView, replaced by `refresh` when the state file changed.
 
-    `current()` is what a request calls: the published (view, snapshot) pair, refreshed first when the file's stat
-    differs from the published one. `published()` is the pair as it stands, without a stat. `refresh()` is called
-    by a worker's ViewRefresher thread and by `current()`, serialized by a lock; the first refresh happens in the
-    constructor, so a view exists before the first request.
+    `current()` is what a request calls: the published (view, snapshot) pair, refreshed first when another worker
+    may serve a newer file (see the module's docstring) and the file's stat differs from the published one.
+    `published()` is the pair as it stands. `refresh()` is called by a worker's ViewRefresher thread and by
+    `current()`, serialized by a lock; the first refresh happens in the constructor, so a view exists before the
+    first request.
     """
 
     def __init__(
@@ -366,25 +371,32 @@ class StateViews:
         reader: StateReader,
         on_load: Optional[Callable[[], None]] = None,
         on_error: Optional[Callable[[], None]] = None,
+        versions: Optional[ServedVersions] = None,
     ) -> None:
         self.reader = reader
         self.on_load = on_load
         self.on_error = on_error
-        self._published: Tuple[Optional[SnapshotView], StateSnapshot] = (None, StateSnapshot())
+        self.versions = versions
+        # The published pair with what the shared version slots hold when every worker serves its file (None without
+        # slots): one attribute, so a request never pairs a view with another view's expectation.
+        self._published: Tuple[Tuple[Optional[SnapshotView], StateSnapshot], Optional[bytes]] = (
+            (None, StateSnapshot()), None)
         self._last_error: Optional[Tuple[str, Any]] = None
         self._refresh_lock = threading.Lock()
         self.load_errors = 0
         self.refresh()
 
     def current(self) -> Tuple[Optional[SnapshotView], StateSnapshot]:
-        published = self._published
+        published, expected = self._published
+        if expected is not None and self.versions.all_serve(expected):  # type: ignore[union-attr]
+            return published
         if current_stat_key(self.reader.path) == published[1].stat_key:
             return published
         self.refresh()
-        return self._published
+        return self._published[0]
 
     def published(self) -> Tuple[Optional[SnapshotView], StateSnapshot]:
-        return self._published
+        return self._published[0]
 
     def refresh(self) -> bool:
         """Look at the file once; True when a new view was published."""
@@ -393,15 +405,20 @@ class StateViews:
 
     def _refresh(self) -> bool:
         snapshot = self.reader.snapshot()
-        view = self._published[0]
+        published = self._published[0]
+        view = published[0]
         built = False
         if snapshot.payload is not None and (view is None or view.loads < snapshot.loads):
             view = SnapshotView(snapshot.payload, snapshot.loads, snapshot.loaded_at, previous=view)
             built = True
             log.debug("loaded state file: %d symbols (load #%d)", view.count, view.loads)
-        published = self._published
         if built or published[1].error != snapshot.error or published[1].stat_key != snapshot.stat_key:
-            self._published = (view, snapshot)
+            expected = None
+            if self.versions is not None:
+                token = token_of(snapshot.stat_key)
+                self.versions.announce(token)  # before any request can serve it
+                expected = self.versions.expected(token)
+            self._published = ((view, snapshot), expected)
         if built and self.on_load is not None:
             self.on_load()
         if snapshot.error is not None or self._last_error is not None:

@@ -294,6 +294,22 @@ def temp_path_for(path: str, pid: Optional[int] = None) -> str:
     return os.path.join(directory, ".%s_%d.tmp" % (stem, os.getpid() if pid is None else pid))
 
 
+class _RisingClock:
+    """time.time_ns(), but never the same value twice nor a smaller one than before (in this process)."""
+
+    def __init__(self) -> None:
+        self._last = 0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> int:
+        with self._lock:
+            self._last = max(time.time_ns(), self._last + 1)
+            return self._last
+
+
+_next_mtime_ns = _RisingClock()
+
+
 def write_state_atomic(path: str, payload: Mapping[str, Any]) -> int:
     """Write payload to path atomically; return the number of bytes written.
 
@@ -310,6 +326,11 @@ def write_state_atomic(path: str, payload: Mapping[str, Any]) -> int:
                 written = os.write(fd, view)
                 view = view[written:]
             os.fchmod(fd, STATE_FILE_MODE)
+            # Readers tell versions apart by stat (file_stat_key): a freed inode number is soon reused and the
+            # kernel's file times advance only once per clock tick, so two writes within one tick could look the
+            # same. A nanosecond mtime that only grows makes every version's key its own.
+            stamp = _next_mtime_ns()
+            os.utime(fd, ns=(stamp, stamp))
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -366,16 +387,21 @@ def decode_state(data: bytes, previous: Optional[Mapping[str, Any]] = None) -> D
     return validate_payload(payload, previous)
 
 
-def read_state(path: str, previous: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
-    """Read and validate the state file once; raise StateFileError on any problem (`previous`: validate_payload)."""
+def read_state_bytes(path: str) -> Tuple[bytes, "StatKey"]:
+    """The state file's bytes and the stat key of the very file they were read from; StateFileError if unreadable."""
     try:
         with open(path, "rb") as handle:
-            data = handle.read()
+            key = file_stat_key(os.fstat(handle.fileno()))
+            return handle.read(), key
     except FileNotFoundError:
         raise StateFileError("state file %s does not exist" % path) from None
     except OSError as exc:
         raise StateFileError("cannot read state file %s: %s" % (path, exc.strerror or exc)) from None
-    return decode_state(data, previous)
+
+
+def read_state(path: str, previous: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """Read and validate the state file once; raise StateFileError on any problem (`previous`: validate_payload)."""
+    return decode_state(read_state_bytes(path)[0], previous)
 
 
 StatKey = Tuple[int, int, int, int]  # see file_stat_key
@@ -445,8 +471,10 @@ class StateReader:
                 return self._copy()
             self._snapshot.stat_key = key
             try:
+                # The key of what is parsed is the key of the file opened: it may have been replaced since the stat.
+                data, self._snapshot.stat_key = read_state_bytes(self.path)
                 last = self._snapshot.payload
-                payload = read_state(self.path, last["funding_state"] if last else None)
+                payload = decode_state(data, last["funding_state"] if last else None)
             except StateFileError as exc:
                 self._snapshot.error = str(exc)
                 return self._copy()
