@@ -18,17 +18,24 @@ def versions_file(tmp_path):
     return str(path)
 
 
-def two_workers(state_file, versions_file):
+@pytest.fixture
+def state_file(tmp_path):
+    path = tmp_path / "state.json"
+    write_state(path, fresh_symbols())
+    return path
+
+
+@pytest.fixture
+def workers(state_file, versions_file):
+    """The views of two workers sharing the version slots, both built from the same state file."""
     return [
         StateViews(StateReader(str(state_file)), versions=ServedVersions(versions_file, slot=slot))
         for slot in (0, 1)
     ]
 
 
-def test_a_worker_behind_another_catches_up_before_answering(tmp_path, versions_file):
-    state_file = tmp_path / "state.json"
-    write_state(state_file, fresh_symbols())
-    first, second = two_workers(state_file, versions_file)
+def test_a_worker_behind_another_catches_up_before_answering(state_file, workers):
+    first, second = workers
     old = second.current()[0]
     write_state(state_file, fresh_symbols(count=5))
     assert first.refresh() is True  # the first worker's refresher took the new file and may serve it now
@@ -36,10 +43,8 @@ def test_a_worker_behind_another_catches_up_before_answering(tmp_path, versions_
     assert view is not old and view.count == 8 and snapshot.stat_key == current_stat_key(str(state_file))
 
 
-def test_workers_that_all_serve_one_version_answer_without_looking_at_the_file(tmp_path, versions_file):
-    state_file = tmp_path / "state.json"
-    write_state(state_file, fresh_symbols())
-    first, second = two_workers(state_file, versions_file)
+def test_workers_that_all_serve_one_version_answer_without_looking_at_the_file(state_file, workers):
+    first, second = workers
     served = first.current()[0]
     write_state(state_file, fresh_symbols(count=5))
     # No worker serves the new file yet, so answering with the old one goes back on nothing anyone was told.
@@ -47,10 +52,8 @@ def test_workers_that_all_serve_one_version_answer_without_looking_at_the_file(t
     assert first.refresh() is True and second.current()[0].count == 8
 
 
-def test_a_worker_that_has_not_announced_a_version_sends_the_others_to_the_file(tmp_path, versions_file):
-    state_file = tmp_path / "state.json"
-    write_state(state_file, fresh_symbols())
-    (first,) = [StateViews(StateReader(str(state_file)), versions=ServedVersions(versions_file, slot=0))]
+def test_a_worker_that_has_not_announced_a_version_sends_the_others_to_the_file(state_file, versions_file):
+    first = StateViews(StateReader(str(state_file)), versions=ServedVersions(versions_file, slot=0))
     write_state(state_file, fresh_symbols(count=5))
     # Slot 1 is still empty (its worker is starting or being replaced): the first worker cannot rely on agreement.
     assert first.current()[0].count == 8
