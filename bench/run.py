@@ -137,8 +137,9 @@ def say(text: str) -> None:
 
 
 def pick_symbols(symbols: Dict[str, Dict[str, Any]], count: int) -> List[str]:
-    """`count` perpetuals, half from each shard of the simulator, named ones first."""
-    perpetuals = sorted((s for s, v in symbols.items() if v["perpetual"]),
+    """`count` perpetuals that both stacks serve (the ones !markPrice@arr carries), half from each shard of the
+    simulator, named ones first."""
+    perpetuals = sorted((s for s, v in symbols.items() if v["perpetual"] and v["onArray"]),
                         key=lambda s: (not s.endswith("USDT") or len(s) > 8, s))
     shards: Dict[int, List[str]] = {}
     for symbol in perpetuals:
@@ -155,7 +156,7 @@ def daemon_phase(kind: str, sim: Any, context: Dict[str, Any], args: argparse.Na
     client = sim.client
     stack = start_stack(kind, context["ws_url"], client.rest_url, context["work_dir"] / "daemon")
     try:
-        wait_until_serving(stack, context["single"], context["perpetuals"])
+        wait_until_serving(stack, context["single"], context["serving"][kind])
         recorder = PushRecorder(context["ws_url"])
         recorder.start()
         recorder.connected.wait(15)
@@ -223,8 +224,8 @@ def api_phase(sim: Any, context: Dict[str, Any], args: argparse.Namespace, gener
     try:
         for kind in STACKS:
             stacks[kind] = start_stack(kind, context["ws_url"], client.rest_url, context["work_dir"] / "api")
-        for stack in stacks.values():
-            wait_until_serving(stack, context["single"], context["perpetuals"])
+        for kind, stack in stacks.items():
+            wait_until_serving(stack, context["single"], context["serving"][kind])
         ports = {kind: stack.api_port for kind, stack in stacks.items()}
         for kind, port in ports.items():  # warm-up: imports, caches, first state loads
             bench_load.run_load(generator, port, paths[kind]["/funding/{symbol}"], 4, max(1.0, args.warmup_seconds))
@@ -428,12 +429,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         symbols = sim.client.symbols()
         context["perpetuals"] = sum(1 for values in symbols.values() if values["perpetual"])
+        # The seed's design reads !markPrice@arr alone, which omits the TradFi perpetuals: it can serve no more.
+        context["serving"] = {"ours": context["perpetuals"], "baseline": sum(
+            1 for values in symbols.values() if values["perpetual"] and values["onArray"])}
         context["fresh"] = pick_symbols(symbols, FRESHNESS_SYMBOLS)
         context["batch"] = context["fresh"][:BATCH_SIZE]
         context["single"] = "BTCUSDT" if "BTCUSDT" in context["batch"] else context["batch"][0]
         context["ws_url"] = sim.client.ws_url(fast=True)
-        say("simulator on %s: %d contracts, %d perpetuals" % (sim.client.base_http_url, len(symbols),
-                                                             context["perpetuals"]))
+        say("simulator on %s: %d contracts, %d perpetuals (%d on !markPrice@arr)" % (
+            sim.client.base_http_url, len(symbols), context["perpetuals"], context["serving"]["baseline"]))
         if "daemon" in args.phases:
             for kind in reversed(STACKS):
                 daemon[kind] = daemon_phase(kind, sim, context, args)
