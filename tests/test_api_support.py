@@ -104,9 +104,9 @@ class RisingPrice:
 class ServedStateFile(type(Path())):  # type: ignore[misc]
     """The state file of a one-worker API under test: every change through it returns once the API serves it.
 
-    A request gets the file in place when it arrived (funding_api_view.StateViews.current); this also checks
-    that the API took it: /funding/health shows a parse that started after the write (stateLoadedAt), or a
-    state-file error for a damaged or missing file.
+    A one-worker API picks a new file up in the background (every FUNDING_API_STATE_POLL_MS), not on the
+    request, so a test that writes and then asks must first wait for the pick-up: until /funding/health shows a
+    parse that started after the write (stateLoadedAt), or a state-file error for a damaged or missing file.
     """
 
     api_port = 0

@@ -7,7 +7,7 @@ import os
 import pytest
 from funding_api_versions import ServedVersions, token_of, versions_file_size
 from funding_api_view import StateViews
-from funding_state import StateReader, current_stat_key
+from funding_state import StateReader, file_stat_key
 from test_api_support import fresh_symbols, write_state
 
 
@@ -40,7 +40,7 @@ def test_a_worker_behind_another_catches_up_before_answering(state_file, workers
     write_state(state_file, fresh_symbols(count=5))
     assert first.refresh() is True  # the first worker's refresher took the new file and may serve it now
     view, snapshot = second.current()  # the second worker's refresher has not run
-    assert view is not old and view.count == 8 and snapshot.stat_key == current_stat_key(str(state_file))
+    assert view is not old and view.count == 8 and snapshot.stat_key == file_stat_key(os.stat(state_file))
 
 
 def test_workers_that_all_serve_one_version_answer_without_looking_at_the_file(state_file, workers):
@@ -66,7 +66,7 @@ def test_every_write_of_the_state_file_has_a_stat_of_its_own(tmp_path):
     keys = []
     for _ in range(50):
         write_state(state_file, fresh_symbols(now=1000.0), now=1000.0)  # the same bytes every time
-        keys.append(current_stat_key(str(state_file)))
+        keys.append(file_stat_key(os.stat(state_file)))
     assert len({key[2] for key in keys}) == 1 and len({key[1] for key in keys}) < 50  # same size, inodes reused
     assert len(set(keys)) == 50
     assert [key[3] for key in keys] == sorted(key[3] for key in keys)

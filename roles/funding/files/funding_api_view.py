@@ -14,9 +14,9 @@ worker had already replaced: a price would go back. So no worker may answer
 with an older file than another already serves. Each worker announces the
 version it serves in a slot of a shared file (funding_api_versions) before it
 serves it; a request whose worker's view matches every slot takes the view
-(one 32-byte read, no lock, no stat, no parse). Otherwise it stats the file
-and, when it was replaced after the refresher's last look, refreshes (or waits
-for the refresh under way) before it answers. Without the shared slots (tests,
+(one 32-byte read, no lock, no stat, no parse). Otherwise it refreshes (or
+waits for the refresh under way), which stats the file and parses it only when
+it was replaced after the refresher's last look, before it answers. Without the shared slots (tests,
 a single process) every request stats. State-file errors are remembered, so
 each one is logged and counted once.
 """
@@ -38,7 +38,6 @@ from funding_log import event
 from funding_state import (
     StateReader,
     StateSnapshot,
-    current_stat_key,
     delisted_of,
     finite_number,
     is_whole_number,
@@ -359,8 +358,8 @@ class SnapshotView:
 class StateViews:
     """The current SnapshotView, replaced by `refresh` when the state file changed.
 
-    `current()` is what a request calls: the published (view, snapshot) pair, refreshed first when another worker
-    may serve a newer file (see the module's docstring) and the file's stat differs from the published one.
+    `current()` is what a request calls: the published (view, snapshot) pair, refreshed first unless every worker
+    serves the same file (see the module's docstring).
     `published()` is the pair as it stands. `refresh()` is called by a worker's ViewRefresher thread and by
     `current()`, serialized by a lock; the first refresh happens in the constructor, so a view exists before the
     first request.
@@ -390,9 +389,7 @@ class StateViews:
         published, expected = self._published
         if expected is not None and self.versions.all_serve(expected):  # type: ignore[union-attr]
             return published
-        if current_stat_key(self.reader.path) == published[1].stat_key:
-            return published
-        self.refresh()
+        self.refresh()  # the reader's own stat tells whether the file changed
         return self._published[0]
 
     def published(self) -> Tuple[Optional[SnapshotView], StateSnapshot]:

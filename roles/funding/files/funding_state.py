@@ -432,14 +432,6 @@ def file_stat_key(st: os.stat_result) -> StatKey:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def current_stat_key(path: str) -> Optional[StatKey]:
-    """The stat key of the file at `path` now; None when it cannot be stat'ed (a StateReader then reports why)."""
-    try:
-        return file_stat_key(os.stat(path))
-    except OSError:
-        return None
-
-
 class StateReader:
     """Re-reads the state file only when it changed (by stat), keeping the last good copy.
 
